@@ -1,0 +1,64 @@
+# The first `make <anything>` on a fresh clone creates .venv and installs the package.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXP ?= digits
+ARGS ?=
+SPACE ?= configs/search/rewind.yaml
+TRIALS ?= 20
+GPUS ?= 1
+RUN ?=
+PORT ?= 5000
+TRACKING_URI ?= $(or $(MLFLOW_TRACKING_URI),sqlite:///mlflow.db)
+LOTTERY := $(BIN)/lottery
+ifneq ($(GPUS),1)
+LOTTERY := $(BIN)/torchrun --standalone --nproc-per-node=$(GPUS) -m lottery
+endif
+
+.PHONY: install train ticket baselines search ui report bench test clean reproduce-lth reproduce-snip
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -e '.[dev]'
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/lottery train --exp $(EXP) $(ARGS)
+
+ticket: $(STAMP)
+	$(LOTTERY) ticket --exp $(EXP) $(ARGS)
+
+baselines: $(STAMP)
+	$(LOTTERY) baselines --exp $(EXP) $(ARGS)
+
+search: $(STAMP)
+	$(BIN)/lottery search --exp $(EXP) --space $(SPACE) --trials $(TRIALS) $(ARGS)
+
+ui: $(STAMP)
+	@echo "MLflow UI on http://127.0.0.1:$(PORT) (store: $(TRACKING_URI))"
+	$(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(PORT)
+
+report: $(STAMP)
+	@test -n "$(RUN)" || { echo "usage: make report RUN=runs/<exp>/<hash>/seed_<s>" >&2; exit 2; }
+	$(BIN)/lottery report $(RUN) $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/lottery bench $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+reproduce-lth: $(STAMP)
+	$(BIN)/lottery reproduce lth $(ARGS)
+
+reproduce-snip: $(STAMP)
+	$(BIN)/lottery reproduce snip $(ARGS)
+
+clean:
+	rm -rf runs mlflow.db mlruns optuna.db .pytest_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

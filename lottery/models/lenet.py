@@ -1,0 +1,36 @@
+"""LeNet-style fully connected networks: lenet_300_100 and friends (LTH paper)."""
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from torch import nn
+
+NAME_PATTERN = re.compile(r"^lenet((?:_[1-9]\d*)+)$")
+
+
+def parse_lenet_name(name: str) -> list[int] | None:
+    """'lenet_300_100' -> [300, 100]; None when the name is not a LeNet."""
+    match = NAME_PATTERN.match(name)
+    return [int(width) for width in match.group(1).strip("_").split("_")] if match else None
+
+
+class LeNet(nn.Module):
+    """Flatten, then hidden Linear+ReLU layers fc1, fc2, ..., then the output layer `out`."""
+
+    def __init__(self, input_shape: tuple[int, ...], hidden: list[int], num_classes: int):
+        super().__init__()
+        self.hidden_names = []
+        width = math.prod(input_shape)
+        for index, next_width in enumerate(hidden, start=1):
+            self.add_module(f"fc{index}", nn.Linear(width, next_width))
+            self.hidden_names.append(f"fc{index}")
+            width = next_width
+        self.out = nn.Linear(width, num_classes)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        x = inputs.flatten(1)
+        for name in self.hidden_names:
+            x = torch.relu(getattr(self, name)(x))
+        return self.out(x)

@@ -1,0 +1,80 @@
+"""CIFAR ResNets (He et al. 2016): depth 6n+2, three stages of n basic blocks, OpenLTH style.
+
+Convs followed by BatchNorm carry no bias: BN's shift makes it redundant, and a bias would
+break SynFlow's conservation of flow. The shortcut is a strided 1x1 conv + BN when the shape
+changes, the identity otherwise.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+DEPTHS = (20, 32, 44, 56, 110)
+DEFAULT_WIDTH = 16
+
+
+def _norm(channels: int, batchnorm: bool) -> nn.Module:
+    return nn.BatchNorm2d(channels) if batchnorm else nn.Identity()
+
+
+def _conv3x3(in_channels: int, out_channels: int, stride: int, batchnorm: bool) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=not batchnorm)
+
+
+class Shortcut(nn.Module):
+    """Projection shortcut: 1x1 conv with stride, then BN."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, batchnorm: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=not batchnorm)
+        self.bn = _norm(out_channels, batchnorm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+class BasicBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN, plus the shortcut, then ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, batchnorm: bool):
+        super().__init__()
+        self.conv1 = _conv3x3(in_channels, out_channels, stride, batchnorm)
+        self.bn1 = _norm(out_channels, batchnorm)
+        self.conv2 = _conv3x3(out_channels, out_channels, 1, batchnorm)
+        self.bn2 = _norm(out_channels, batchnorm)
+        changes_shape = stride != 1 or in_channels != out_channels
+        self.shortcut = Shortcut(in_channels, out_channels, stride, batchnorm) if changes_shape else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = F.relu(self.bn1(self.conv1(x)))
+        residual = self.bn2(self.conv2(residual))
+        return F.relu(residual + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """Stem conv, stages stage1..stage3 (widths w, 2w, 4w), global average pool, output `out`."""
+
+    def __init__(self, input_shape: tuple[int, ...], depth: int, num_classes: int,
+                 width: int = DEFAULT_WIDTH, batchnorm: bool = True):
+        super().__init__()
+        if (depth - 2) % 6 != 0 or depth < 8:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth}")
+        blocks_per_stage = (depth - 2) // 6
+        self.conv = _conv3x3(input_shape[0], width, 1, batchnorm)
+        self.bn = _norm(width, batchnorm)
+        in_channels = width
+        for stage, multiplier in enumerate((1, 2, 4), start=1):
+            out_channels = width * multiplier
+            blocks = []
+            for index in range(blocks_per_stage):
+                stride = 2 if stage > 1 and index == 0 else 1
+                blocks.append(BasicBlock(in_channels, out_channels, stride, batchnorm))
+                in_channels = out_channels
+            self.add_module(f"stage{stage}", nn.Sequential(*blocks))
+        self.out = nn.Linear(in_channels, num_classes)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn(self.conv(inputs)))
+        x = self.stage3(self.stage2(self.stage1(x)))
+        return self.out(F.adaptive_avg_pool2d(x, 1).flatten(1))
