@@ -21,6 +21,7 @@ def _atomic(path: Path, write) -> None:
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

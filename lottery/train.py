@@ -213,7 +213,7 @@ def train(job: TrainJob) -> TrainResult:
         with _autocast(fast):
             loss = F.cross_entropy(net(inputs), labels)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        scaler.scale(_global_mean_weight(loss, labels, batches, step, job.world_size)).backward()
         scaler.step(optimizer)
         scaler.update()
         if enforce_mask is not None:
@@ -243,6 +243,14 @@ def train(job: TrainJob) -> TrainResult:
     result.final_step = step
     result.wall_seconds = time.perf_counter() - started
     return result
+
+
+def _global_mean_weight(loss, labels, batches, step: int, world_size: int):
+    """DDP averages gradients over ranks; shards may differ by one example, so weight each
+    rank's mean by its share to get exactly the single-process batch mean."""
+    if world_size == 1:
+        return loss
+    return loss * (labels.numel() * world_size / len(batches.global_indices(step)))
 
 
 def _evaluate_all(net, job: TrainJob, fast: FastPath, step: int, lr: float, train_loss: float) -> dict:
