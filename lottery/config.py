@@ -184,6 +184,8 @@ def _coerce(value: Any, kind, key: str, source: str | None):
         return str(value) + "it" if isinstance(value, int) else value
     if kind is str and isinstance(value, int) and not isinstance(value, bool) and "milestones" in key:
         return f"{value}it"
+    if isinstance(value, bool) and kind is str and "off" in CHOICES.get(key, ()):
+        return "on" if value else "off"  # YAML reads on/off as booleans
     if isinstance(value, bool) and kind is not bool:
         raise ConfigError(f"expected {_type_name(kind)}, got a bool ({value!r})", key, source)
     if not isinstance(value, kind):

@@ -141,3 +141,8 @@ def test_hash_ignores_what_does_not_change_the_computation():
     assert config_hash(load_config("digits", ["seed=5", "ticket.levels=9", "track.enabled=false"])) == config_hash(base)
     assert config_hash(load_config("digits", ["train.lr=0.5"])) != config_hash(base)
     assert config_hash(load_config("digits", ["prune.fraction=0.3"])) != config_hash(base)
+
+
+def test_on_off_words_survive_yaml():
+    config = load_config("digits", ["train.progress=off", "train.channels_last=on", "train.amp=off"])
+    assert (config.train.progress, config.train.channels_last, config.train.amp) == ("off", "on", "off")
