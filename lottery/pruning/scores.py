@@ -1,0 +1,237 @@
+"""Saliency scores for pruning at initialisation, one function per method.
+
+CONVENTION: every scorer returns {name: score tensor} where HIGHER = MORE IMPORTANT = KEPT.
+Pruning keeps the highest scores. For GraSP the paper's score is S = -θ ⊙ Hg and the paper
+removes the HIGHEST S; keeping the highest of -S = θ ⊙ Hg is the same rule, so `grasp`
+returns θ ⊙ Hg (tests/test_pruning_grasp.py pins this sign).
+
+Every scorer leaves the model exactly as it found it: parameters, buffers, train/eval modes,
+dtypes, requires_grad and .grad. They never write into the model: they run it through
+torch.func.functional_call with their own tensors and take gradients with torch.autograd.grad.
+The mask is applied in the forward (the weights used are θ ⊙ mask). Scores of masked entries
+are meaningless; the selection (selection.py) treats them as -inf so they never come back.
+
+`batches` is a sequence of (inputs, targets) tensor pairs; gradients are summed over them.
+SNIP and GraSP run the network in train mode by default (BatchNorm on batch statistics, as in
+training; the running stats are copies, and the global RNG is restored afterwards, so dropout
+leaves no trace); train_mode=False uses eval mode. SynFlow always uses eval mode.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from lottery.pruning.mask import Mask, unwrap
+
+Scores = dict[str, torch.Tensor]
+Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
+
+
+# -- helpers ------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _modes(model: nn.Module, training: bool):
+    """Set every module's train/eval flag for a block, then restore each one exactly."""
+    saved = [(module, module.training) for module in model.modules()]
+    for module, _ in saved:
+        module.training = training
+    try:
+        yield
+    finally:
+        for module, flag in saved:
+            module.training = flag
+
+
+@contextlib.contextmanager
+def _private_forward(model: nn.Module, training: bool):
+    """Mode set, global RNG state (dropout) restored afterwards."""
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices), _modes(model, training):
+        yield
+
+
+def _masked_leaves(model: nn.Module, mask: Mask) -> Scores:
+    """Fresh leaf tensors θ ⊙ mask for the prunable weights; the model's own tensors are untouched."""
+    parameters = dict(model.named_parameters())
+    mask.check_fits(model)
+    if not mask.names:
+        raise ValueError("the mask has no layers to score")
+    return {name: (parameters[name].detach() * mask[name].to(parameters[name].device)).requires_grad_(True)
+            for name in mask.names}
+
+
+def _buffer_copies(model: nn.Module) -> Scores:
+    """Copies of the buffers, so train-mode BatchNorm updates its running stats in the copy."""
+    return {name: buffer.clone() for name, buffer in model.named_buffers()}
+
+
+def _loss(model: nn.Module, leaves: Scores, inputs, targets, temperature: float = 1.0) -> torch.Tensor:
+    """Cross-entropy of logits / T, with the leaves as prunable weights and private buffer copies."""
+    reference = next(iter(leaves.values()))
+    inputs = inputs.to(reference.device, reference.dtype) if inputs.is_floating_point() else inputs.to(reference.device)
+    logits = functional_call(model, {**_buffer_copies(model), **leaves}, (inputs,), strict=False)
+    return F.cross_entropy(logits / temperature, targets.to(reference.device))
+
+
+def _summed_gradient(model, leaves: Scores, batches: Batches, training: bool, temperature: float = 1.0) -> Scores:
+    """g = Σ_batches ∇_θ L(batch), over the masked prunable weights."""
+    names = list(leaves)
+    total = {name: torch.zeros_like(leaf) for name, leaf in leaves.items()}
+    with _private_forward(model, training):
+        for inputs, targets in batches:
+            loss = _loss(model, leaves, inputs, targets, temperature)
+            for name, grad in zip(names, torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)):
+                if grad is not None:  # None: a layer the forward does not use
+                    total[name] += grad
+    return total
+
+
+def _require_batches(batches, method: str) -> list:
+    batches = list(batches) if batches is not None else []
+    if not batches:
+        raise ValueError(f"{method} needs data: pass batches=[(inputs, targets), ...]")
+    return batches
+
+
+# -- the scorers --------------------------------------------------------------------------------
+def magnitude(model: nn.Module, mask: Mask, batches: Batches | None = None, **kw) -> Scores:
+    """|θ|  (magnitude at init, or of trained weights for IMP)."""
+    model = unwrap(model)
+    parameters = dict(model.named_parameters())
+    return {name: parameters[name].detach().abs() for name in mask.names}
+
+
+def random(model: nn.Module, mask: Mask, batches: Batches | None = None,
+           generator: torch.Generator | None = None, seed: int = 0, **kw) -> Scores:
+    """Uniform random scores from `generator` (or a fresh one seeded with `seed`), drawn on the CPU."""
+    model = unwrap(model)
+    generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+    parameters = dict(model.named_parameters())
+    return {name: torch.rand(mask[name].shape, generator=generator, dtype=torch.float64).to(parameters[name].device)
+            for name in mask.names}
+
+
+def snip(model: nn.Module, mask: Mask, batches: Batches, train_mode: bool = True, **kw) -> Scores:
+    """SNIP (Lee et al. 2019): |g ⊙ θ|, g = ∇L summed over the batches, with the mask in the forward.
+
+    BatchNorm uses batch statistics (train mode) unless train_mode=False; the model's running
+    stats are not touched either way.
+    """
+    model = unwrap(model)
+    batches = _require_batches(batches, "snip")
+    leaves = _masked_leaves(model, mask)
+    gradient = _summed_gradient(model, leaves, batches, train_mode)
+    return {name: (gradient[name] * leaves[name].detach()).abs() for name in leaves}
+
+
+def hessian_gradient_product(model: nn.Module, mask: Mask, batches: Batches, temperature: float = 200.0,
+                             train_mode: bool = True) -> Scores:
+    """Hg over the prunable weights: g = Σ ∇L(logits/T) (held fixed), Hg = Σ ∇(g · ∇L) by double backward."""
+    model = unwrap(model)
+    batches = _require_batches(batches, "grasp")
+    leaves = _masked_leaves(model, mask)
+    names = list(leaves)
+    gradient = _summed_gradient(model, leaves, batches, train_mode, temperature)
+    product = {name: torch.zeros_like(leaf) for name, leaf in leaves.items()}
+    with _private_forward(model, train_mode):
+        for inputs, targets in batches:
+            loss = _loss(model, leaves, inputs, targets, temperature)
+            grads = torch.autograd.grad(loss, [leaves[n] for n in names], create_graph=True, allow_unused=True)
+            inner = sum((grad * gradient[name]).sum() for name, grad in zip(names, grads) if grad is not None)
+            if not torch.is_tensor(inner) or not inner.requires_grad:
+                continue  # no prunable weight reaches this loss
+            for name, hg in zip(names, torch.autograd.grad(inner, [leaves[n] for n in names], allow_unused=True)):
+                if hg is not None:
+                    product[name] += hg
+    return product
+
+
+def grasp(model: nn.Module, mask: Mask, batches: Batches, temperature: float = 200.0,
+          train_mode: bool = True, **kw) -> Scores:
+    """GraSP (Wang et al. 2020): paper score S = -θ ⊙ Hg, remove the highest S.
+
+    Returned as θ ⊙ Hg = -S so that, like every scorer here, the highest scores are kept.
+    """
+    model = unwrap(model)
+    product = hessian_gradient_product(model, mask, batches, temperature, train_mode)
+    parameters = dict(model.named_parameters())
+    return {name: parameters[name].detach() * mask[name].to(hg.device) * hg for name, hg in product.items()}
+
+
+class SynFlow:
+    """SynFlow (Tanaka et al. 2020) prepared once for many rounds.
+
+    The network is run in float64 on |θ| for every parameter and floating buffer, BatchNorm in
+    eval mode, on an all-ones input of batch size 1; R = Σ output; score = |θ ⊙ ∂R/∂θ|.
+    The |θ| copies are made once here, so each round costs one forward and one backward.
+    float64 matters: R reaches ~1e141 on ResNet-110, beyond float32's ~3e38.
+    """
+
+    def __init__(self, model: nn.Module, input_shape: Sequence[int], dtype: torch.dtype = torch.float64):
+        model = unwrap(model)
+        self.model, self.input_shape, self.dtype = model, tuple(int(s) for s in input_shape), dtype
+        with torch.no_grad():
+            self.absolute = {name: _absolute(tensor, dtype)
+                             for name, tensor in [*model.named_parameters(), *model.named_buffers()]}
+        self.device = next(iter(self.absolute.values())).device if self.absolute else torch.device("cpu")
+        self._masked: Scores = {}
+        self._factors: Scores = {}
+
+    def objective(self, weights: Scores) -> torch.Tensor:
+        """R = 1ᵀ f(1; |θ|), with `weights` overriding the prunable |θ|."""
+        ones = torch.ones((1, *self.input_shape), dtype=self.dtype, device=self.device)
+        with _modes(self.model, training=False):
+            return functional_call(self.model, {**self.absolute, **weights}, (ones,), strict=False).sum()
+
+    def __call__(self, mask: Mask) -> Scores:
+        mask.check_fits(self.model)
+        weights = {}
+        with torch.no_grad():
+            for name in mask.names:
+                if name not in self._masked:
+                    self._masked[name] = torch.empty_like(self.absolute[name])
+                    self._factors[name] = torch.empty_like(self.absolute[name])
+                # Reused buffers: fresh weight-sized allocations each round cost page faults, and a
+                # float factor multiplies faster than a bool mask (no per-element type promotion).
+                self._factors[name].copy_(mask[name])
+                torch.mul(self.absolute[name], self._factors[name], out=self._masked[name])
+                weights[name] = self._masked[name].detach().requires_grad_(True)
+        names = list(weights)
+        gradients = torch.autograd.grad(self.objective(weights), [weights[n] for n in names], allow_unused=True)
+        scores = {}
+        for name, grad in zip(names, gradients):
+            theta = weights[name].detach()
+            # In place: the gradient is ours, and a fresh weight-sized tensor costs a pass of page faults.
+            scores[name] = grad.mul_(theta).abs_() if grad is not None else torch.zeros_like(theta)
+        return scores
+
+
+def _absolute(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return tensor.detach().to(dtype).abs() if tensor.is_floating_point() else tensor.detach().clone()
+
+
+def synflow(model: nn.Module, mask: Mask, batches: Batches | None = None, input_shape: Sequence[int] | None = None,
+            dtype: torch.dtype = torch.float64, **kw) -> Scores:
+    """SynFlow, one round: |θ ⊙ ∂R/∂θ| with R the output sum of the |θ| network on ones. Uses no data."""
+    return SynFlow(model, infer_input_shape(batches, input_shape, "synflow"), dtype)(mask)
+
+
+def infer_input_shape(batches, input_shape, method: str) -> tuple[int, ...]:
+    if input_shape is not None:
+        return tuple(input_shape)
+    if batches:
+        return tuple(next(iter(batches))[0].shape[1:])
+    raise ValueError(f"{method} needs input_shape=(channels, height, width) or batches to read it from")
+
+
+SCORERS: dict[str, Callable[..., Scores]] = {
+    "magnitude": magnitude,
+    "random": random,
+    "snip": snip,
+    "grasp": grasp,
+    "synflow": synflow,
+}
