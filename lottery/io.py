@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 
-def _atomic(path: Path, write) -> None:
+def _atomic(path: Path, write, durable: bool = True) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -20,7 +20,8 @@ def _atomic(path: Path, write) -> None:
         with os.fdopen(handle, "wb") as stream:
             write(stream)
             stream.flush()
-            os.fsync(stream.fileno())
+            if durable:
+                os.fsync(stream.fileno())
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException:
@@ -52,8 +53,9 @@ def _json_default(value):
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
-def atomic_torch_save(path, value: Any) -> None:
-    _atomic(Path(path), lambda stream: torch.save(value, stream))
+def atomic_torch_save(path, value: Any, durable: bool = True) -> None:
+    """durable=False skips fsync: still atomic against a killed process, for files that can be redone."""
+    _atomic(Path(path), lambda stream: torch.save(value, stream), durable)
 
 
 def torch_load(path, map_location="cpu") -> Any:

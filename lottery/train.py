@@ -274,4 +274,4 @@ def _save_checkpoint(job: TrainJob, optimizer, scaler, step: int, result: TrainR
         "step": step,
         "wall_seconds": wall,
         "pending_loss": pending_loss,
-    })
+    }, durable=False)
