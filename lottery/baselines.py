@@ -77,7 +77,7 @@ def run_baselines(config: Config, methods: list[str], densities: list[float] | N
             for density in densities:
                 rows.append(_baseline(stage, model, tracker, method, density, start_weights, start_step, at))
                 if stage.is_main:
-                    write_json(run_dir / "baselines" / "results.json", rows)
+                    write_json(run_dir / "baselines" / "results.json", rows, durable=False)
         if stage.is_main:
             parent.log_artifact(run_dir / "baselines" / "results.json")
     if distributed.rank_and_world()[0] == 0:

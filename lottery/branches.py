@@ -111,7 +111,7 @@ def run_branch(config: Config, name: str, levels: list[int], command: str = "lot
                 handle.finish()
             rows.append(row)
             if stage.is_main:
-                write_json(branch_dir / "results.json", rows)
+                write_json(branch_dir / "results.json", rows, durable=False)
         if stage.is_main:
             parent.log_artifact(branch_dir / "results.json")
     if distributed.rank_and_world()[0] == 0:

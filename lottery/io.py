@@ -33,12 +33,13 @@ def atomic_write_bytes(path, data: bytes) -> None:
     _atomic(Path(path), lambda stream: stream.write(data))
 
 
-def atomic_write_text(path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+def atomic_write_text(path, text: str, durable: bool = True) -> None:
+    _atomic(Path(path), lambda stream: stream.write(text.encode()), durable)
 
 
-def write_json(path, value: Any) -> None:
-    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=False, default=_json_default) + "\n")
+def write_json(path, value: Any, durable: bool = True) -> None:
+    text = json.dumps(value, indent=2, sort_keys=False, default=_json_default) + "\n"
+    atomic_write_text(path, text, durable)
 
 
 def read_json(path) -> Any:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -69,8 +70,9 @@ def train_level(stage: Stage, model, mask, level_dir: Path, start_step: int, row
         **{k: v for k, v in result.summary().items() if k != "final_step"},
     }
     if stage.is_main:
-        atomic_torch_save(level_dir / "final.pt", {k: v.cpu() for k, v in model.state_dict().items()})
-        write_json(level_dir / "metrics.json", {"row": row, "history": result.history})
+        atomic_torch_save(level_dir / "final.pt", {k: v.cpu() for k, v in model.state_dict().items()}, durable=False)
+        write_json(level_dir / "metrics.json", {"row": row, "history": result.history}, durable=False)
+        os.sync()  # one flush for the stage instead of an fsync per file; DONE only after it
         (level_dir / "DONE").touch()
         (stage.run_dir / "checkpoint.pt").unlink(missing_ok=True)
     if handle is not None:

@@ -144,7 +144,7 @@ def _run_levels(config: Config, run_dir: Path, dataset, tracker, parent, on_leve
             handle.finish()
         outcome.rows.append(row)
         if stage.is_main:
-            write_json(run_dir / "results.json", outcome.rows)
+            write_json(run_dir / "results.json", outcome.rows, durable=False)
         if on_level is not None:
             on_level(row)
     if stage.is_main:
