@@ -9,11 +9,11 @@ from lottery.cli import register
 from lottery.config import Config, ConfigError, load_config
 from lottery.experiment import load_data, open_run, run_directory
 from lottery.io import read_json, torch_load, write_json
-from lottery.levels import finished_row, format_table, train_level
+from lottery.levels import compression_of, finished_row, format_table, train_level
 
 logger = logging.getLogger(__name__)
 
-ALL_METHODS = ("synflow", "snip", "grasp", "magnitude", "random")
+ALL_METHODS = ("synflow", "snip", "grasp", "magnitude", "random", "coreset")
 
 
 def pruning_batches(config: Config, dataset) -> list:
@@ -96,6 +96,12 @@ def _baseline(stage, model, tracker, method: str, density: float, start_weights:
     if row is not None:
         return row
     model.load_state_dict(start_weights)
+    handle = tracker.child(f"baseline/{at}/{name}", f"{method} d={density:.4f}",
+                           {"method": method, "density": density, "at": at})
+    if method == "coreset":
+        row = _coreset_baseline(stage, model, stage_dir, density, start_step, at, handle)
+        handle.finish()
+        return row
     mask_path = stage_dir / "mask.pt"
     if stage.is_main and mask_path.exists():
         mask = Mask.load(mask_path, model)
@@ -104,12 +110,24 @@ def _baseline(stage, model, tracker, method: str, density: float, start_weights:
         mask.save(mask_path)
     distributed.barrier()
     mask = distributed.broadcast_mask(mask if stage.is_main else None)
-    handle = tracker.child(f"baseline/{at}/{name}", f"{method} d={density:.4f}",
-                           {"method": method, "density": density, "at": at})
     row = train_level(stage, model, mask, stage_dir, start_step, {"level": None, "method": method, "at": at},
                       handle)
     handle.finish()
     return row
+
+
+def _coreset_baseline(stage, model, stage_dir, density: float, start_step: int, at: str, handle) -> dict:
+    """Structured: a physically smaller network (deterministic for the seed), trained dense."""
+    from lottery.pruning.coreset import coreset_prune, count_weights
+    from lottery.pruning.mask import Mask
+
+    smaller = coreset_prune(stage.config, stage.dataset, model, density=density)
+    mask = Mask.ones(smaller, ignore=stage.config.prune.ignore, include=stage.config.prune.include)
+    # the smaller net is dense; its density is relative to the original network's weights
+    achieved = count_weights(smaller) / count_weights(model)
+    fields = {"level": None, "method": "coreset", "at": at, "density": achieved,
+              "compression": compression_of(achieved)}
+    return train_level(stage, smaller, mask, stage_dir, start_step, fields, handle)
 
 
 def parse_floats(text: str | None, flag: str) -> list[float] | None:

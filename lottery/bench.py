@@ -34,6 +34,7 @@ BENCHMARKS = {
     "scoring": "lottery.benchmarks.scoring",
     "orchestration": "lottery.benchmarks.orchestration",
     "mask_storage": "lottery.benchmarks.mask_storage",
+    "sparse_export": "lottery.benchmarks.sparse_export",
 }
 ENVIRONMENT_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS")
 

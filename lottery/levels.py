@@ -62,11 +62,11 @@ def train_level(stage: Stage, model, mask, level_dir: Path, start_step: int, row
     distributed.check_replicas_agree(model, mask)
     density = mask.density()
     row = {
-        **row,
         "density": density,
         "compression": compression_of(density),
         "layers": {name: info["density"] for name, info in mask.layer_report().items()},
         "collapsed": mask.collapsed(),
+        **row,  # the caller's fields win, e.g. a structured method's own density
         **{k: v for k, v in result.summary().items() if k != "final_step"},
     }
     if stage.is_main:

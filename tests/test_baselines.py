@@ -48,3 +48,12 @@ def test_bad_methods_and_densities_exit_2(tmp_path, capsys):
         parse_floats("0.5,2", "--densities")
     assert parse_floats("0.5,0.25", "--densities") == [0.5, 0.25]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_coreset_baseline_trains_a_smaller_network(tmp_path):
+    config = tiny_config(tmp_path, **{"train.steps": "30it", "model.name": "lenet_64_32"})
+    rows = run_baselines(config, ["coreset"], [0.5])
+    assert rows[0]["method"] == "coreset"
+    assert 0.3 < rows[0]["density"] < 0.7
+    assert run_baselines(config, ["coreset"], [0.5]) == rows  # resumed from its stored row
+    assert rows[0]["final_test_acc"] > 0.25
