@@ -1,0 +1,251 @@
+"""MlflowTracker against a real sqlite MLflow store: structure, params, resume, failures."""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from matplotlib.figure import Figure
+
+from lottery.config import Config, config_hash, flatten
+from lottery.tracker import Tracker, make_tracker
+from lottery.tracking import (DEFAULT_URI, PARAM_VALUE_LIMIT, MlflowTracker, git_state, param_value,
+                              resolve_uri)
+from tests.conftest_mlflow import (artifact_paths, clean_http_env, free_port, history, metric_steps,  # noqa: F401
+                                   runs_by_name, sqlite_uri, tiny_tracked_config)
+
+
+def _level(tracker, level: int, steps=(10, 20, 30), finish: bool = True):
+    handle = tracker.child(f"level_{level:02d}", f"level_{level:02d}",
+                           {"level": level, "density": 0.8 ** level, "compression": 0.1 * level})
+    for record in history(steps):
+        handle.log_metrics({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+    if finish:
+        handle.log_metrics({"final_test_acc": 0.7, "best_test_acc": 0.71, "density": 0.8 ** level,
+                            "early_stop_step": 20})
+        handle.finish()
+    return handle
+
+
+def test_parent_and_nested_children_hold_tags_params_metrics_and_artefacts(tmp_path, sqlite_uri):
+    config = tiny_tracked_config(sqlite_uri, "structure", seed=3)
+    tracker = MlflowTracker(config, tmp_path / "run", command="lottery ticket --exp x")
+    parent = tracker.parent("structure", {"kind": "ticket"}, flatten(config))
+    for level in range(2):
+        _level(tracker, level)
+    (tmp_path / "results.json").write_text("[]")
+    parent.log_artifact(tmp_path / "results.json")
+    figure = Figure()
+    figure.subplots().plot([1, 2], [3, 4])
+    parent.log_figure(figure, "figures/line.png")
+    tracker.close()
+    assert not tracker.degraded
+
+    runs = runs_by_name(sqlite_uri, "structure")
+    assert set(runs) == {"structure", "level_00", "level_01"}
+    top = runs["structure"]
+    assert top.info.status == "FINISHED"
+    assert top.data.tags["exp"] == "structure"
+    assert top.data.tags["config_hash"] == config_hash(config)
+    assert top.data.tags["seed"] == "3"
+    assert top.data.tags["command"] == "lottery ticket --exp x"
+    assert top.data.tags["kind"] == "ticket"
+    assert ("git_commit" in top.data.tags) == bool(git_state(Path(__file__).resolve().parent))
+    assert top.data.params == {k: param_value(v) for k, v in flatten(config).items()}
+    for level in range(2):
+        child = runs[f"level_{level:02d}"]
+        assert child.data.tags["mlflow.parentRunId"] == top.info.run_id
+        assert child.info.status == "FINISHED"
+        assert child.data.params["level"] == str(level)
+        assert float(child.data.params["density"]) == pytest.approx(0.8 ** level)
+        assert [step for step, _ in metric_steps(sqlite_uri, child, "test_acc")] == [10, 20, 30]
+        assert [v for _, v in metric_steps(sqlite_uri, child, "train_loss")] == pytest.approx([2.0, 1.0, 2 / 3])
+        summary = {"lr", "test_loss", "val_loss", "final_test_acc", "best_test_acc", "early_stop_step"}
+        assert summary <= set(child.data.metrics)
+        assert child.data.metrics["final_test_acc"] == pytest.approx(0.7)
+    assert artifact_paths(sqlite_uri, top) == {"results.json", "figures/line.png"}
+    stored = json.loads((tmp_path / "run" / "tracking.json").read_text())
+    ids = stored[resolve_uri(config)]["structure"]["runs"]
+    assert ids == {"parent": top.info.run_id, "level_00": runs["level_00"].info.run_id,
+                   "level_01": runs["level_01"].info.run_id}
+
+
+def test_params_are_batched_and_long_values_truncated(tmp_path, sqlite_uri):
+    config = tiny_tracked_config(sqlite_uri, "params")
+    tracker = MlflowTracker(config, tmp_path / "run")
+    params = {f"group.key_{i:03d}": i for i in range(250)}
+    params["long"] = "x" * 10_000
+    params["nested"] = {"inner": {"deep": 1}}
+    tracker.parent("params", {}, params)
+    tracker.close()
+    run = runs_by_name(sqlite_uri, "params")["params"]
+    assert len(run.data.params) == 252
+    assert run.data.params["group.key_249"] == "249"
+    assert len(run.data.params["long"]) == PARAM_VALUE_LIMIT
+    assert run.data.params["nested.inner"] == '{"deep": 1}'  # leaf mappings stay JSON, like prune.layer_rates
+
+
+def test_a_resumed_process_reattaches_without_duplicate_runs_or_points(tmp_path, sqlite_uri):
+    config = tiny_tracked_config(sqlite_uri, "resume")
+    first = MlflowTracker(config, tmp_path / "run")
+    first.parent("resume", {}, flatten(config))
+    _level(first, 0)
+    _level(first, 1, steps=(10, 20), finish=False)  # the process dies during level 1
+    first.close("FAILED")
+    interrupted = runs_by_name(sqlite_uri, "resume")
+    assert interrupted["level_01"].info.status == "FAILED"
+
+    config.ticket.levels = 4  # an unhashed key changed on resume: MLflow params are immutable
+    second = MlflowTracker(config, tmp_path / "run")
+    second.parent("resume", {}, flatten(config))
+    _level(second, 0)  # a finished child stays one run
+    _level(second, 1, steps=(10, 20, 30))  # resumed: replays 10 and 20, then goes on
+    second.close()
+    assert not second.degraded
+    assert sorted(second.reattached) == ["level_00", "level_01", "parent"]
+
+    runs = runs_by_name(sqlite_uri, "resume")
+    assert set(runs) == {"resume", "level_00", "level_01"}
+    for name, run in runs.items():
+        assert run.info.run_id == interrupted[name].info.run_id
+        assert run.info.status == "FINISHED"
+    assert [s for s, _ in metric_steps(sqlite_uri, runs["level_01"], "test_acc")] == [10, 20, 30]
+    assert [s for s, _ in metric_steps(sqlite_uri, runs["level_00"], "test_acc")] == [10, 20, 30]
+    assert len(metric_steps(sqlite_uri, runs["level_00"], "final_test_acc")) == 1
+    assert runs["resume"].data.params["ticket.levels"] == "1"
+    assert runs["resume"].data.tags["changed_param.ticket.levels"] == "4"
+
+
+def test_a_dead_server_costs_seconds_warns_once_and_never_raises(tmp_path, caplog, clean_http_env):
+    config = tiny_tracked_config(f"http://127.0.0.1:{free_port()}", "dead")
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="lottery.tracking"):
+        tracker = MlflowTracker(config, tmp_path / "run")
+        parent = tracker.parent("dead", {}, flatten(config))
+        _level(tracker, 0)
+        tracker.flush()
+        _level(tracker, 1)
+        parent.log_artifact(Path(__file__))
+        tracker.close()
+    assert time.monotonic() - started < 15
+    assert tracker.degraded
+    warnings = [r for r in caplog.records if r.name == "lottery.tracking" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "lottery sync" in warnings[0].getMessage()
+    assert not (tmp_path / "run" / "tracking.json").exists()
+
+
+def test_bad_values_and_missing_files_are_skipped_without_disabling_tracking(tmp_path, sqlite_uri, caplog):
+    config = tiny_tracked_config(sqlite_uri, "skips")
+    tracker = MlflowTracker(config, tmp_path / "run")
+    parent = tracker.parent("skips", {}, {})
+    with caplog.at_level(logging.WARNING, logger="lottery.tracking"):
+        parent.log_artifact(tmp_path / "missing.json")
+    parent.log_metrics({"nan": float("nan"), "inf": float("inf"), "flag": True, "text": "x", "ok": 1.5}, step=4)
+    tracker.close()
+    assert not tracker.degraded
+    assert any("missing.json" in r.getMessage() for r in caplog.records)
+    run = runs_by_name(sqlite_uri, "skips")["skips"]
+    assert run.data.metrics == {"ok": 1.5}
+    assert metric_steps(sqlite_uri, run, "ok") == [(4, 1.5)]
+
+
+def test_uri_resolution_order(tmp_path, monkeypatch):
+    config = Config()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert DEFAULT_URI == "sqlite:///mlflow.db"
+    assert resolve_uri(config) == "sqlite:///" + str(tmp_path.resolve() / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    assert resolve_uri(config) == "http://127.0.0.1:9"
+    config.track.uri = "sqlite:///sub/x.db?timeout=5"
+    assert resolve_uri(config) == "sqlite:///" + str(tmp_path.resolve() / "sub" / "x.db") + "?timeout=5"
+
+
+def test_make_tracker_picks_the_noop_or_the_mlflow_tracker(tmp_path, sqlite_uri):
+    config = tiny_tracked_config(sqlite_uri, "factory")
+    config.track.enabled = False
+    assert type(make_tracker(config, tmp_path)) is Tracker
+    config.track.enabled = True
+    tracker = make_tracker(config, tmp_path)
+    assert isinstance(tracker, MlflowTracker)
+    tracker.close()
+
+
+def test_git_state_reads_the_commit_of_a_repository(tmp_path):
+    assert git_state(tmp_path) == {}
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "a.txt").write_text("a")
+    subprocess.run(["git", "-C", str(tmp_path), "add", "a.txt"], check=True)
+    subprocess.run(git + ["-C", str(tmp_path), "commit", "-q", "-m", "a"], check=True)
+    state = git_state(tmp_path)
+    assert len(state["git_commit"]) == 40 and state["git_dirty"] == "false"
+    (tmp_path / "a.txt").write_text("b")
+    assert git_state(tmp_path)["git_dirty"] == "true"
+
+
+def test_a_ticket_run_is_mirrored_level_by_level_and_a_rerun_adds_no_runs(tmp_path, sqlite_uri):
+    from lottery.io import read_json
+    from lottery.ticket import run_ticket
+
+    config = tiny_tracked_config(sqlite_uri, "ticket_e2e", **{"data.val_size": 64, "run.root": str(tmp_path / "runs")})
+    outcome = run_ticket(config, command="lottery ticket --exp tiny")
+    runs = runs_by_name(sqlite_uri, "ticket_e2e")
+    assert set(runs) == {"ticket_e2e", "level_00", "level_01"}
+    parent = runs["ticket_e2e"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["command"] == "lottery ticket --exp tiny"
+    assert parent.data.tags["config_hash"] == config_hash(config)
+    assert parent.data.params["train.steps"] == "20it"
+    assert {"results.json", "config.yaml"} <= artifact_paths(sqlite_uri, parent)
+    for row in outcome.rows:
+        child = runs[f"level_{row['level']:02d}"]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert float(child.data.params["density"]) == pytest.approx(row["density"])
+        history = read_json(outcome.run_dir / f"level_{row['level']:02d}" / "metrics.json")["history"]
+        for key in ("test_acc", "train_loss", "test_loss", "lr", "val_loss"):
+            points = metric_steps(sqlite_uri, child, key)
+            assert [step for step, _ in points] == [record["step"] for record in history], key
+            assert [value for _, value in points] == pytest.approx([record[key] for record in history]), key
+        for key in ("final_test_acc", "best_test_acc", "density", "early_stop_step"):
+            assert child.data.metrics[key] == pytest.approx(row[key]), key
+
+    run_ticket(config)  # everything is done: the rerun re-attaches and adds nothing
+    again = runs_by_name(sqlite_uri, "ticket_e2e")
+    assert {n: r.info.run_id for n, r in again.items()} == {n: r.info.run_id for n, r in runs.items()}
+
+
+def test_an_interrupted_ticket_resumes_into_the_same_runs(tmp_path, sqlite_uri, monkeypatch):
+    from lottery.io import read_json
+    from lottery.ticket import run_ticket
+    from lottery.tracking import MlflowRunHandle
+
+    config = tiny_tracked_config(sqlite_uri, "interrupted", **{"data.val_size": 64, "run.root": str(tmp_path / "runs"),
+                                                               "ticket.checkpoint_every": "10it"})
+    log_metrics = MlflowRunHandle.log_metrics
+
+    def interrupt_level_1(handle, metrics, step=None):
+        log_metrics(handle, metrics, step)
+        if handle.key == "level_01" and step == 10:
+            raise KeyboardInterrupt  # Ctrl-C during level 1, after its first evaluation was logged
+
+    monkeypatch.setattr(MlflowRunHandle, "log_metrics", interrupt_level_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_ticket(config)
+    first = runs_by_name(sqlite_uri, "interrupted")
+    assert first["level_01"].info.status == "FAILED" and first["interrupted"].info.status == "FAILED"
+    assert [s for s, _ in metric_steps(sqlite_uri, first["level_01"], "test_acc")] == [10]
+
+    monkeypatch.setattr(MlflowRunHandle, "log_metrics", log_metrics)
+    outcome = run_ticket(config)
+    runs = runs_by_name(sqlite_uri, "interrupted")
+    assert {n: r.info.run_id for n, r in runs.items()} == {n: r.info.run_id for n, r in first.items()}
+    assert all(run.info.status == "FINISHED" for run in runs.values())
+    history = read_json(outcome.run_dir / "level_01" / "metrics.json")["history"]
+    points = metric_steps(sqlite_uri, runs["level_01"], "test_acc")
+    assert [s for s, _ in points] == [record["step"] for record in history] == [10, 20]
+    assert [v for _, v in points] == pytest.approx([record["test_acc"] for record in history])
