@@ -60,5 +60,5 @@ reproduce-snip: $(STAMP)
 	$(BIN)/lottery reproduce snip $(ARGS)
 
 clean:
-	rm -rf runs mlflow.db mlruns optuna.db .pytest_cache build *.egg-info
+	rm -rf runs mlflow.db mlruns mlartifacts optuna.db .pytest_cache build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -67,6 +67,10 @@ def open_run(config: Config, run_dir: Path, command: str):
         status = "FAILED"
         try:
             yield tracker, parent
+            if rank == 0:
+                from lottery.report import publish
+
+                publish(run_dir, tracker, parent)  # figures, masks and the report; never raises
             status = "FINISHED"
         finally:
             tracker.close(status)

@@ -61,7 +61,8 @@ def sync_run(run_dir: Path, overrides: list[str] | tuple = (), command: str = "l
         for stage in stages:
             params = {k: stage.row[k] for k in STAGE_PARAMS if stage.row.get(k) is not None}
             handle = tracker.child(stage.key, stage_run_name(stage), params)
-            handle.log_metric_history(stage.history)
+            for record in stage.history:  # buffered by the handle: one batch per stage
+                handle.log_metrics({k: v for k, v in record.items() if k != "step"}, step=record["step"])
             handle.log_metrics({k: stage.row[k] for k in SUMMARY_METRICS if stage.row.get(k) is not None})
             handle.finish("FINISHED")
         publish(run_dir, tracker, parent)

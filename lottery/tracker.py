@@ -1,6 +1,6 @@
 """The tracking interface the framework talks to. MLflow lives behind it in lottery/tracking.py.
 
-Runs are addressed by stable keys ("level_03", "baseline/snip/0.1"), so a resumed process
+Runs are addressed by stable keys ("level_03", "baseline/init/snip/density_0.100000"), so a resumed process
 re-attaches to the same remote runs instead of creating duplicates.
 """
 from __future__ import annotations

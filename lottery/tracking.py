@@ -11,6 +11,7 @@ already stored are not logged twice, so resuming or syncing again leaves no dupl
 """
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import logging
@@ -125,13 +126,6 @@ class MlflowRunHandle(RunHandle):
         if self.finished or time.monotonic() - self._uploaded_at >= METRIC_UPLOAD_SECONDS:
             self.upload_metrics()
 
-    def log_metric_history(self, history: list[dict]) -> None:
-        """A whole metrics.json history: one point per key per record."""
-        stamp = int(time.time() * 1000)
-        self._pending += [(key, value, int(record["step"]), stamp) for record in history
-                          for key, value in metric_values({k: v for k, v in record.items() if k != "step"}).items()]
-        self.upload_metrics()
-
     def upload_metrics(self) -> None:
         if self._pending:
             self.tracker._send("points", self.key, self._pending)
@@ -180,6 +174,7 @@ class MlflowTracker(Tracker):
         self._outgoing: queue.Queue = queue.Queue()
         self._process: Optional[subprocess.Popen] = None
         self._threads: list[threading.Thread] = []
+        self._start()  # now: mlflow's import and the store's start-up overlap the run's own
 
     @property
     def degraded(self) -> bool:
@@ -243,11 +238,8 @@ class MlflowTracker(Tracker):
         return self._handles[key]
 
     def _send(self, *message) -> None:
-        if self._closed or self.degraded:
-            return
-        if self._process is None:
-            self._start()
-        self._outgoing.put(message)
+        if not (self._closed or self.degraded or self._process is None):
+            self._outgoing.put(message)
 
     def _start(self) -> None:
         """The tracking process, with a pipe each way; a writer and a reader thread serve them here."""
@@ -336,7 +328,7 @@ def serve(inbox_fd: int, outbox_fd: int) -> None:
         while True:
             kind, *args = inbox.recv()
             if kind == "stop":
-                return
+                break
             if kind == "drain":
                 outbox.send(("drained", *args))
             elif not failed:
@@ -349,43 +341,17 @@ def serve(inbox_fd: int, outbox_fd: int) -> None:
                     failed = True
                     outbox.send(("failed", f"{type(error).__name__}: {str(error).strip()[:300]}"))
     except (EOFError, OSError):
-        return  # the training process is gone
-
-
-class RunIds:
-    """<run_dir>/tracking.json: {uri: {experiment: {"experiment_id": ..., "runs": {key: run_id}}}}."""
-
-    def __init__(self, run_dir: Path, uri: str, experiment: str):
-        self.path = Path(run_dir) / IDS_FILE
-        self.uri, self.experiment = uri, experiment
-        try:
-            data = json.loads(self.path.read_text()) if self.path.exists() else {}
-        except (OSError, ValueError) as error:
-            logger.warning("%s is unreadable (%s); new MLflow runs will be created", self.path, error)
-            data = {}
-        self._data = data if isinstance(data, dict) else {}
-
-    def _entry(self) -> dict:
-        return self._data.setdefault(self.uri, {}).setdefault(self.experiment, {"experiment_id": None, "runs": {}})
-
-    def run_id(self, key: str) -> Optional[str]:
-        return self._entry()["runs"].get(key)
-
-    def set_run_id(self, key: str, run_id: str, experiment_id: str) -> None:
-        """Atomic write (temporary file, then rename). Not lottery.io: this process never imports torch."""
-        entry = self._entry()
-        entry["experiment_id"], entry["runs"][key] = experiment_id, run_id
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{IDS_FILE}.", suffix=".tmp")
-        with os.fdopen(handle, "w") as stream:
-            stream.write(json.dumps(self._data, indent=2) + "\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, self.path)
+        pass  # the training process is gone
+    # Everything is committed. Skip interpreter shutdown: MLflow's exit hooks (telemetry) cost ~1 s.
+    logging.shutdown()
+    os._exit(0)
 
 
 class _Store:
-    """The MLflow side: one client, the experiment, run ids by key, metric steps already stored."""
+    """The MLflow side: one client, the experiment, run ids by key, metric steps already stored.
+
+    <run_dir>/tracking.json holds {uri: {experiment: {"experiment_id": ..., "runs": {key: run_id}}}}.
+    """
 
     def __init__(self, uri: str, experiment: str, run_dir: str, outbox: Connection):
         from mlflow.tracking import MlflowClient
@@ -393,10 +359,40 @@ class _Store:
         for noisy in ("mlflow", "alembic"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         self.client, self.uri, self.outbox = MlflowClient(tracking_uri=uri), uri, outbox
-        self.ids = RunIds(Path(run_dir), uri, experiment)
         self.experiment_id = self._experiment(experiment)
         self.runs: dict[str, str] = {}
         self.stored_steps: dict[str, dict[str, int]] = {}  # per key: metric -> last step MLflow already has
+        self.ids_path, self.experiment = Path(run_dir) / IDS_FILE, experiment
+        self.saved = self._entry(self._read_ids())
+
+    def _read_ids(self) -> dict:
+        try:
+            ids = json.loads(self.ids_path.read_text()) if self.ids_path.exists() else {}
+        except (OSError, ValueError) as error:
+            logger.warning("%s is unreadable (%s); new MLflow runs will be created", self.ids_path, error)
+            ids = {}
+        return ids if isinstance(ids, dict) else {}
+
+    def _entry(self, ids: dict) -> dict:
+        return ids.setdefault(self.uri, {}).setdefault(self.experiment, {"experiment_id": None, "runs": {}})
+
+    def _save_run_id(self, key: str, run_id: str) -> None:
+        """Read, merge, write atomically, under a lock: search workers share one run directory's ids.
+
+        Not lottery.io: this process never imports torch.
+        """
+        self.ids_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.ids_path.parent / f".{IDS_FILE}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            ids = self._read_ids()
+            self.saved = self._entry(ids)
+            self.saved["experiment_id"], self.saved["runs"][key] = self.experiment_id, run_id
+            handle, temporary = tempfile.mkstemp(dir=self.ids_path.parent, prefix=f".{IDS_FILE}.", suffix=".tmp")
+            with os.fdopen(handle, "w") as stream:
+                stream.write(json.dumps(ids, indent=2) + "\n")
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temporary, self.ids_path)
 
     def _experiment(self, name: str) -> str:
         from mlflow.exceptions import MlflowException
@@ -420,10 +416,10 @@ class _Store:
         if parent_key in self.runs:
             tags = {**tags, "mlflow.parentRunId": self.runs[parent_key]}
         tags = {k: str(v)[:TAG_VALUE_LIMIT] for k, v in tags.items()}
-        run = self._existing_run(self.ids.run_id(key))
+        run = self._existing_run(self.saved["runs"].get(key))
         if run is None:
             run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
-            self.ids.set_run_id(key, run_id, self.experiment_id)
+            self._save_run_id(key, run_id)
             self.runs[key] = run_id
             self.params(key, params)
             self.outbox.send(("attached", key, run_id, False))
@@ -451,8 +447,8 @@ class _Store:
             if error.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
             run = None
-        usable = run is not None and run.info.lifecycle_stage != "deleted" and run.info.experiment_id == self.experiment_id
-        return run if usable else None
+        usable = run is not None and run.info.lifecycle_stage != "deleted"
+        return run if usable and run.info.experiment_id == self.experiment_id else None
 
     def _batch(self, key: str, kind: str, items: list, size: int) -> None:
         """log_batch within MLflow's limits: 100 params or tags, 1000 metrics per call."""

@@ -127,7 +127,7 @@ def sqlite_uri(tmp_path_factory) -> str:
 
 @pytest.fixture(autouse=False)
 def clean_http_env(monkeypatch):
-    """The tracker fills in MLflow's HTTP retry variables; restore the environment afterwards."""
+    """No MLFLOW_HTTP_* or tracking URI from the user's shell: the tracker's short HTTP retries apply."""
     for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
                  "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(name, raising=False)

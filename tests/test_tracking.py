@@ -1,9 +1,14 @@
-"""MlflowTracker against a real sqlite MLflow store: structure, params, resume, failures."""
+"""MlflowTracker against a real sqlite MLflow store: structure, params, resume, failures.
+
+Every tracker starts an MLflow helper process (~3 s: mlflow's import and the store's start-up),
+so each test uses as few trackers as its claim needs.
+"""
 from __future__ import annotations
 
 import json
 import logging
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,9 +16,10 @@ import pytest
 from matplotlib.figure import Figure
 
 from lottery.config import Config, config_hash, flatten
+from lottery.io import read_json
 from lottery.tracker import Tracker, make_tracker
-from lottery.tracking import (DEFAULT_URI, PARAM_VALUE_LIMIT, MlflowTracker, git_state, param_value,
-                              resolve_uri)
+from lottery.tracking import DEFAULT_URI, PARAM_VALUE_LIMIT, MlflowRunHandle, MlflowTracker, git_state, param_value, \
+    resolve_uri
 from tests.conftest_mlflow import (artifact_paths, clean_http_env, free_port, history, metric_steps,  # noqa: F401
                                    runs_by_name, sqlite_uri, tiny_tracked_config)
 
@@ -30,19 +36,26 @@ def _level(tracker, level: int, steps=(10, 20, 30), finish: bool = True):
     return handle
 
 
-def test_parent_and_nested_children_hold_tags_params_metrics_and_artefacts(tmp_path, sqlite_uri):
+def test_parent_and_nested_children_hold_tags_params_metrics_and_artefacts(tmp_path, sqlite_uri, caplog):
     config = tiny_tracked_config(sqlite_uri, "structure", seed=3)
-    tracker = MlflowTracker(config, tmp_path / "run", command="lottery ticket --exp x")
-    parent = tracker.parent("structure", {"kind": "ticket"}, flatten(config))
+    tracker = make_tracker(config, tmp_path / "run", command="lottery ticket --exp x")
+    assert isinstance(tracker, MlflowTracker)
+    extra = {f"group.key_{i:03d}": i for i in range(250)}  # three log_batch calls' worth
+    params = {**flatten(config), **extra, "long": "x" * 10_000, "nested": {"inner": {"deep": 1}}}
+    parent = tracker.parent("structure", {"kind": "ticket"}, params)
     for level in range(2):
         _level(tracker, level)
     (tmp_path / "results.json").write_text("[]")
     parent.log_artifact(tmp_path / "results.json")
+    with caplog.at_level(logging.WARNING, logger="lottery.tracking"):
+        parent.log_artifact(tmp_path / "missing.json")
+    parent.log_metrics({"nan": float("nan"), "inf": float("inf"), "flag": True, "text": "x", "ok": 1.5}, step=4)
     figure = Figure()
     figure.subplots().plot([1, 2], [3, 4])
     parent.log_figure(figure, "figures/line.png")
     tracker.close()
-    assert not tracker.degraded
+    assert not tracker.degraded, tracker.error
+    assert any("missing.json" in record.getMessage() for record in caplog.records)
 
     runs = runs_by_name(sqlite_uri, "structure")
     assert set(runs) == {"structure", "level_00", "level_01"}
@@ -54,7 +67,11 @@ def test_parent_and_nested_children_hold_tags_params_metrics_and_artefacts(tmp_p
     assert top.data.tags["command"] == "lottery ticket --exp x"
     assert top.data.tags["kind"] == "ticket"
     assert ("git_commit" in top.data.tags) == bool(git_state(Path(__file__).resolve().parent))
-    assert top.data.params == {k: param_value(v) for k, v in flatten(config).items()}
+    expected = {**{k: param_value(v) for k, v in flatten(config).items()}, **{k: str(v) for k, v in extra.items()}}
+    assert {k: v for k, v in top.data.params.items() if k not in ("long", "nested.inner")} == expected
+    assert len(top.data.params["long"]) == PARAM_VALUE_LIMIT
+    assert top.data.params["nested.inner"] == '{"deep": 1}'  # leaf mappings stay JSON, like prune.layer_rates
+    assert top.data.metrics == {"ok": 1.5}  # NaN, inf, bools and text are not metrics
     for level in range(2):
         child = runs[f"level_{level:02d}"]
         assert child.data.tags["mlflow.parentRunId"] == top.info.run_id
@@ -73,21 +90,6 @@ def test_parent_and_nested_children_hold_tags_params_metrics_and_artefacts(tmp_p
                    "level_01": runs["level_01"].info.run_id}
 
 
-def test_params_are_batched_and_long_values_truncated(tmp_path, sqlite_uri):
-    config = tiny_tracked_config(sqlite_uri, "params")
-    tracker = MlflowTracker(config, tmp_path / "run")
-    params = {f"group.key_{i:03d}": i for i in range(250)}
-    params["long"] = "x" * 10_000
-    params["nested"] = {"inner": {"deep": 1}}
-    tracker.parent("params", {}, params)
-    tracker.close()
-    run = runs_by_name(sqlite_uri, "params")["params"]
-    assert len(run.data.params) == 252
-    assert run.data.params["group.key_249"] == "249"
-    assert len(run.data.params["long"]) == PARAM_VALUE_LIMIT
-    assert run.data.params["nested.inner"] == '{"deep": 1}'  # leaf mappings stay JSON, like prune.layer_rates
-
-
 def test_a_resumed_process_reattaches_without_duplicate_runs_or_points(tmp_path, sqlite_uri):
     config = tiny_tracked_config(sqlite_uri, "resume")
     first = MlflowTracker(config, tmp_path / "run")
@@ -104,7 +106,7 @@ def test_a_resumed_process_reattaches_without_duplicate_runs_or_points(tmp_path,
     _level(second, 0)  # a finished child stays one run
     _level(second, 1, steps=(10, 20, 30))  # resumed: replays 10 and 20, then goes on
     second.close()
-    assert not second.degraded
+    assert not second.degraded, second.error
     assert sorted(second.reattached) == ["level_00", "level_01", "parent"]
 
     runs = runs_by_name(sqlite_uri, "resume")
@@ -126,11 +128,11 @@ def test_a_dead_server_costs_seconds_warns_once_and_never_raises(tmp_path, caplo
         tracker = MlflowTracker(config, tmp_path / "run")
         parent = tracker.parent("dead", {}, flatten(config))
         _level(tracker, 0)
-        tracker.flush()
+        assert tracker.flush(timeout=30)
         _level(tracker, 1)
         parent.log_artifact(Path(__file__))
         tracker.close()
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < 20
     assert tracker.degraded
     warnings = [r for r in caplog.records if r.name == "lottery.tracking" and r.levelno == logging.WARNING]
     assert len(warnings) == 1
@@ -138,19 +140,11 @@ def test_a_dead_server_costs_seconds_warns_once_and_never_raises(tmp_path, caplo
     assert not (tmp_path / "run" / "tracking.json").exists()
 
 
-def test_bad_values_and_missing_files_are_skipped_without_disabling_tracking(tmp_path, sqlite_uri, caplog):
-    config = tiny_tracked_config(sqlite_uri, "skips")
-    tracker = MlflowTracker(config, tmp_path / "run")
-    parent = tracker.parent("skips", {}, {})
-    with caplog.at_level(logging.WARNING, logger="lottery.tracking"):
-        parent.log_artifact(tmp_path / "missing.json")
-    parent.log_metrics({"nan": float("nan"), "inf": float("inf"), "flag": True, "text": "x", "ok": 1.5}, step=4)
-    tracker.close()
-    assert not tracker.degraded
-    assert any("missing.json" in r.getMessage() for r in caplog.records)
-    run = runs_by_name(sqlite_uri, "skips")["skips"]
-    assert run.data.metrics == {"ok": 1.5}
-    assert metric_steps(sqlite_uri, run, "ok") == [(4, 1.5)]
+def test_the_training_process_never_imports_mlflow_nor_the_tracking_process_torch():
+    probe = "import sys, lottery.tracking; print('mlflow' in sys.modules, 'torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.stdout.split() == ["False", "False"]
 
 
 def test_uri_resolution_order(tmp_path, monkeypatch):
@@ -165,14 +159,10 @@ def test_uri_resolution_order(tmp_path, monkeypatch):
     assert resolve_uri(config) == "sqlite:///" + str(tmp_path.resolve() / "sub" / "x.db") + "?timeout=5"
 
 
-def test_make_tracker_picks_the_noop_or_the_mlflow_tracker(tmp_path, sqlite_uri):
-    config = tiny_tracked_config(sqlite_uri, "factory")
+def test_tracking_off_gives_the_noop_tracker(tmp_path):
+    config = tiny_tracked_config("sqlite:///unused.db", "off")
     config.track.enabled = False
     assert type(make_tracker(config, tmp_path)) is Tracker
-    config.track.enabled = True
-    tracker = make_tracker(config, tmp_path)
-    assert isinstance(tracker, MlflowTracker)
-    tracker.close()
 
 
 def test_git_state_reads_the_commit_of_a_repository(tmp_path):
@@ -188,16 +178,33 @@ def test_git_state_reads_the_commit_of_a_repository(tmp_path):
     assert git_state(tmp_path)["git_dirty"] == "true"
 
 
-def test_a_ticket_run_is_mirrored_level_by_level_and_a_rerun_adds_no_runs(tmp_path, sqlite_uri):
-    from lottery.io import read_json
+def test_a_ticket_is_mirrored_level_by_level_and_an_interrupted_one_resumes_into_the_same_runs(
+        tmp_path, sqlite_uri, monkeypatch):
     from lottery.ticket import run_ticket
 
-    config = tiny_tracked_config(sqlite_uri, "ticket_e2e", **{"data.val_size": 64, "run.root": str(tmp_path / "runs")})
+    config = tiny_tracked_config(sqlite_uri, "ticket_e2e", **{"data.val_size": 64, "run.root": str(tmp_path / "runs"),
+                                                              "ticket.checkpoint_every": "10it"})
+    log_metrics = MlflowRunHandle.log_metrics
+
+    def interrupt_level_1(handle, metrics, step=None):
+        log_metrics(handle, metrics, step)
+        if handle.key == "level_01" and step == 10:
+            raise KeyboardInterrupt  # Ctrl-C during level 1, after its first evaluation
+
+    monkeypatch.setattr(MlflowRunHandle, "log_metrics", interrupt_level_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_ticket(config, command="lottery ticket --exp tiny")
+    first = runs_by_name(sqlite_uri, "ticket_e2e")
+    assert first["level_01"].info.status == "FAILED" and first["ticket_e2e"].info.status == "FAILED"
+    assert [s for s, _ in metric_steps(sqlite_uri, first["level_01"], "test_acc")] == [10]
+
+    monkeypatch.setattr(MlflowRunHandle, "log_metrics", log_metrics)
     outcome = run_ticket(config, command="lottery ticket --exp tiny")
     runs = runs_by_name(sqlite_uri, "ticket_e2e")
-    assert set(runs) == {"ticket_e2e", "level_00", "level_01"}
+    assert {n: r.info.run_id for n, r in runs.items()} == {n: r.info.run_id for n, r in first.items()}
     parent = runs["ticket_e2e"]
-    assert parent.info.status == "FINISHED"
+    assert set(runs) == {"ticket_e2e", "level_00", "level_01"}
+    assert all(run.info.status == "FINISHED" for run in runs.values())
     assert parent.data.tags["command"] == "lottery ticket --exp tiny"
     assert parent.data.tags["config_hash"] == config_hash(config)
     assert parent.data.params["train.steps"] == "20it"
@@ -206,46 +213,10 @@ def test_a_ticket_run_is_mirrored_level_by_level_and_a_rerun_adds_no_runs(tmp_pa
         child = runs[f"level_{row['level']:02d}"]
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert float(child.data.params["density"]) == pytest.approx(row["density"])
-        history = read_json(outcome.run_dir / f"level_{row['level']:02d}" / "metrics.json")["history"]
+        history_ = read_json(outcome.run_dir / f"level_{row['level']:02d}" / "metrics.json")["history"]
         for key in ("test_acc", "train_loss", "test_loss", "lr", "val_loss"):
             points = metric_steps(sqlite_uri, child, key)
-            assert [step for step, _ in points] == [record["step"] for record in history], key
-            assert [value for _, value in points] == pytest.approx([record[key] for record in history]), key
+            assert [step for step, _ in points] == [record["step"] for record in history_] == [10, 20], key
+            assert [value for _, value in points] == pytest.approx([record[key] for record in history_]), key
         for key in ("final_test_acc", "best_test_acc", "density", "early_stop_step"):
             assert child.data.metrics[key] == pytest.approx(row[key]), key
-
-    run_ticket(config)  # everything is done: the rerun re-attaches and adds nothing
-    again = runs_by_name(sqlite_uri, "ticket_e2e")
-    assert {n: r.info.run_id for n, r in again.items()} == {n: r.info.run_id for n, r in runs.items()}
-
-
-def test_an_interrupted_ticket_resumes_into_the_same_runs(tmp_path, sqlite_uri, monkeypatch):
-    from lottery.io import read_json
-    from lottery.ticket import run_ticket
-    from lottery.tracking import MlflowRunHandle
-
-    config = tiny_tracked_config(sqlite_uri, "interrupted", **{"data.val_size": 64, "run.root": str(tmp_path / "runs"),
-                                                               "ticket.checkpoint_every": "10it"})
-    log_metrics = MlflowRunHandle.log_metrics
-
-    def interrupt_level_1(handle, metrics, step=None):
-        log_metrics(handle, metrics, step)
-        if handle.key == "level_01" and step == 10:
-            raise KeyboardInterrupt  # Ctrl-C during level 1, after its first evaluation was logged
-
-    monkeypatch.setattr(MlflowRunHandle, "log_metrics", interrupt_level_1)
-    with pytest.raises(KeyboardInterrupt):
-        run_ticket(config)
-    first = runs_by_name(sqlite_uri, "interrupted")
-    assert first["level_01"].info.status == "FAILED" and first["interrupted"].info.status == "FAILED"
-    assert [s for s, _ in metric_steps(sqlite_uri, first["level_01"], "test_acc")] == [10]
-
-    monkeypatch.setattr(MlflowRunHandle, "log_metrics", log_metrics)
-    outcome = run_ticket(config)
-    runs = runs_by_name(sqlite_uri, "interrupted")
-    assert {n: r.info.run_id for n, r in runs.items()} == {n: r.info.run_id for n, r in first.items()}
-    assert all(run.info.status == "FINISHED" for run in runs.values())
-    history = read_json(outcome.run_dir / "level_01" / "metrics.json")["history"]
-    points = metric_steps(sqlite_uri, runs["level_01"], "test_acc")
-    assert [s for s, _ in points] == [record["step"] for record in history] == [10, 20]
-    assert [v for _, v in points] == pytest.approx([record["test_acc"] for record in history])

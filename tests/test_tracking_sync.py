@@ -60,7 +60,7 @@ def test_sync_uploads_every_stage_and_running_it_twice_changes_nothing(tmp_path,
     assert _snapshot(sqlite_uri, "synced") == before
 
 
-def test_sync_completes_runs_that_live_tracking_left_unfinished(tmp_path, sqlite_uri):
+def test_sync_completes_what_live_tracking_left_and_can_mirror_to_a_second_store(tmp_path, sqlite_uri):
     config = tiny_tracked_config(sqlite_uri, "partial")
     run_dir = make_run_dir(tmp_path, config, branches=False, baselines=False, dense=False)
     live = MlflowTracker(config, run_dir)
@@ -81,18 +81,12 @@ def test_sync_completes_runs_that_live_tracking_left_unfinished(tmp_path, sqlite
     assert all(run.info.status == "FINISHED" for run in runs.values())
     assert [s for s, _ in metric_steps(sqlite_uri, runs["level_00"], "test_acc")] == [10, 20, 30]
 
-
-def test_sync_to_a_second_store_keeps_the_first_store_ids(tmp_path, sqlite_uri):
-    config = tiny_tracked_config(sqlite_uri, "two_stores")
-    run_dir = make_run_dir(tmp_path, config, branches=False, baselines=False, dense=False)
     other = "sqlite:///" + str(tmp_path / "other.db")
-    assert sync_run(run_dir).error is None
     assert sync_run(run_dir, [f"track.uri={other}", "track.experiment=copy"]).error is None
-    assert sync_run(run_dir).error is None
     stored = json.loads((run_dir / "tracking.json").read_text())
     assert set(stored) == {sqlite_uri, other}
-    assert set(runs_by_name(sqlite_uri, "two_stores")) == {"two_stores", "level_00", "level_01", "level_02"}
-    assert set(runs_by_name(other, "copy")) == {"two_stores", "level_00", "level_01", "level_02"}
+    assert stored[sqlite_uri]["partial"]["runs"]["level_00"] == ids["level_00"]
+    assert set(runs_by_name(other, "copy")) == {"partial", "level_00", "level_01", "level_02"}
 
 
 def test_sync_reports_an_unreachable_server(tmp_path, capsys, clean_http_env):
