@@ -67,7 +67,7 @@ def run_baselines(config: Config, methods: list[str], densities: list[float] | N
     run_dir = run_directory(config)
     densities = densities or default_densities(config, run_dir)
     with open_run(config, run_dir, command) as (tracker, parent):
-        stage, model = build_stage(config, run_dir, dataset)
+        stage, model = build_stage(config, run_dir, dataset, parent)
         if at == "init":
             start_weights, start_step = torch_load(run_dir / "init.pt"), 0
         else:

@@ -91,7 +91,7 @@ def run_branch(config: Config, name: str, levels: list[int], command: str = "lot
         raise FileNotFoundError(f"no ticket run at {run_dir}: run `lottery ticket` with the same config first")
     branch_dir = run_dir / "branches" / name
     with open_run(config, run_dir, command) as (tracker, parent):
-        stage, model = build_stage(config, run_dir, dataset)
+        stage, model = build_stage(config, run_dir, dataset, parent)
         rewind_step = stage.plan.steps(config.ticket.rewind_step)
         weights = start_weights(name, config, dataset, run_dir)
         rows = []

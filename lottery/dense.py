@@ -16,11 +16,11 @@ logger = logging.getLogger(__name__)
 def run_dense(config: Config, command: str = "lottery train") -> dict:
     dataset = load_data(config, distributed.device_for(config))
     run_dir = run_directory(config)
-    with open_run(config, run_dir, command) as (tracker, _parent):
+    with open_run(config, run_dir, command) as (tracker, parent):
         dense_dir = run_dir / "dense"
         row = finished_row(dense_dir)
         if row is None:
-            stage, model = build_stage(config, run_dir, dataset)
+            stage, model = build_stage(config, run_dir, dataset, parent)
             mask = Mask.ones(model, ignore=config.prune.ignore, include=config.prune.include)
             handle = tracker.child("dense", "dense", {"density": 1.0})
             row = train_level(stage, model, mask, dense_dir, 0, {"level": "dense"}, handle)

@@ -19,6 +19,7 @@ from lottery.io import atomic_torch_save, torch_load, write_json
 from lottery.levels import Stage, compression_of, finished_row, format_table, train_level
 from lottery.pruning.mask import Mask
 from lottery.pruning.prune import prune_fraction
+from lottery.device import resolve_fast_path
 from lottery.train import StepPlan, TrainJob, train
 
 logger = logging.getLogger(__name__)
@@ -34,8 +35,8 @@ class TicketOutcome:
     rows: list[dict] = field(default_factory=list)
 
 
-def build_stage(config: Config, run_dir: Path, dataset) -> tuple[Stage, torch.nn.Module]:
-    """The plan and θ0 (created, or loaded from init.pt)."""
+def build_stage(config: Config, run_dir: Path, dataset, parent=None) -> tuple[Stage, torch.nn.Module]:
+    """The plan and θ0 (created, or loaded from init.pt). Records the fast-path decisions on `parent`."""
     rank, world = distributed.rank_and_world()
     batches = dataset.train_batches(config.train.batch_size, config.seed, rank, world)
     plan = StepPlan.from_config(config.train, batches.iterations_per_epoch)
@@ -46,6 +47,8 @@ def build_stage(config: Config, run_dir: Path, dataset) -> tuple[Stage, torch.nn
     elif rank == 0:
         atomic_torch_save(init_path, model.state_dict())
     distributed.barrier()
+    if parent is not None:
+        parent.log_params(resolve_fast_path(config.train, model, distributed.device_for(config)).as_params())
     return Stage(config, dataset, plan, run_dir, rank, world), model
 
 
@@ -126,7 +129,7 @@ def run_ticket(config: Config, command: str = "lottery ticket", on_level=None) -
 
 
 def _run_levels(config: Config, run_dir: Path, dataset, tracker, parent, on_level=None) -> TicketOutcome:
-    stage, model = build_stage(config, run_dir, dataset)
+    stage, model = build_stage(config, run_dir, dataset, parent)
     rewind, rewind_step = rewind_weights(stage, model)
     outcome = TicketOutcome(run_dir)
     for level in range(config.ticket.levels + 1):

@@ -61,3 +61,50 @@ def test_two_process_gloo_ticket_matches_one_process(tmp_path):
         for name in final:
             if final[name].is_floating_point():
                 assert torch.allclose(ddp_final[name], final[name], atol=1e-4, rtol=1e-3), name
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_ddp_resumes_a_level_from_a_checkpoint(tmp_path, monkeypatch):
+    # Leave a mid-level checkpoint of level 1 behind (one process, interrupted in-process), then let
+    # two gloo ranks resume it: they must load it, finish, and agree with an uninterrupted run.
+    import lottery.levels as levels
+
+    config = _config(tmp_path / "resume")
+    original = levels.TrainJob
+
+    def interrupted_job(**kwargs):
+        if kwargs["checkpoint_tag"] == "level_01":
+            def stop(step):
+                if step == 25:
+                    raise _Interrupt
+            kwargs["hooks"] = (stop,)
+        return original(**kwargs)
+
+    monkeypatch.setattr(levels, "TrainJob", interrupted_job)
+    with pytest.raises(_Interrupt):
+        run_ticket(config)
+    monkeypatch.setattr(levels, "TrainJob", original)
+    run_dir = run_directory(config)
+    assert torch_load(run_dir / "checkpoint.pt")["tag"] == "level_01"
+
+    experiment = tmp_path / "ddp.yaml"
+    values = to_dict(config)
+    values.pop("exp")
+    experiment.write_text(yaml.safe_dump(values))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         "-m", "lottery", "ticket", "--exp", str(experiment)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stderr.count("resumed level_01 at step 20") == 2  # both ranks loaded it
+    rows = json.loads((run_dir / "results.json").read_text())
+    single = run_ticket(_config(tmp_path / "single"))
+    for row, reference in zip(rows, single.rows):
+        assert row["density"] == reference["density"]
+        assert row["final_test_acc"] == pytest.approx(reference["final_test_acc"], abs=0.02)
