@@ -138,3 +138,22 @@ def test_step_plan_resolves_epochs():
     config = tiny_config(**{"train.steps": "2ep10it", "train.milestones": ["1ep"]})
     plan = StepPlan.from_config(config.train, 16)
     assert plan.total == 42 and plan.milestones == (16,) and plan.eval_every == 20
+
+
+def test_fp16_autocast_with_grad_scaler_on_cpu():
+    config = tiny_config(**{"train.amp": "fp16"})
+    dataset = tiny_dataset(config)
+    result = train(_job(config, dataset, tiny_model(config, dataset), end_step=20))
+    assert torch.isfinite(torch.tensor(result.history[-1]["train_loss"]))
+
+
+def test_lottery_train_prints_accuracy_and_writes_a_run_directory(tmp_path, capsys):
+    from lottery.cli import main
+
+    assert main(["train", "--exp", "digits", f"run.root={tmp_path}", "track.enabled=false", "train.steps=2ep"]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy: 0." in out
+    run_dir = next(tmp_path.glob("digits/*/seed_0"))
+    assert (run_dir / "config.yaml").is_file()
+    assert (run_dir / "dense" / "DONE").is_file() and (run_dir / "dense" / "final.pt").is_file()
+    assert str(run_dir) in out
