@@ -186,3 +186,28 @@ def test_apply_to_a_model_of_the_wrong_shape_fails():
         half_mask(small_net()).apply(nn.Sequential(
             nn.Conv2d(1, 5, 3, bias=False), nn.BatchNorm2d(5), nn.ReLU(), nn.Flatten(),
             nn.Linear(5 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, 3)))
+
+
+def test_wrapped_models_use_the_inner_names():
+    model = small_net()
+    wrapped = nn.DataParallel(model)
+    mask = half_mask(model)
+    assert Mask.ones(wrapped).names == Mask.ones(model).names
+    mask.apply(wrapped)
+    mask.enforcer(wrapped)()
+    assert all(torch.all(p.detach()[~mask[n]] == 0) for n, p in model.named_parameters() if n in mask)
+
+
+def test_flat_join_is_a_view_for_consecutive_layers_and_a_copy_otherwise():
+    from lottery.pruning.mask import join_flat
+
+    model = small_net()
+    mask = half_mask(model)
+    flat = mask.flat()
+    assert flat.numel() == mask.counts()[1] and int(flat.sum()) == mask.counts()[0]
+    tiled = Mask.from_flat(flat.clone(), mask)
+    assert tiled.equals(mask)
+    joined = tiled.flat()
+    assert joined.data_ptr() == tiled["0.weight"].data_ptr()  # no copy
+    reordered = [tiled["4.weight"], tiled["0.weight"]]
+    assert torch.equal(join_flat(reordered), torch.cat([t.flatten() for t in reordered]))

@@ -66,12 +66,21 @@ def test_large_selection_matches_a_full_sort_with_many_ties(monkeypatch):
     scores["b"] = scores["b"].double()  # mixed dtypes are compared exactly
     mask = Mask({n: torch.rand(s, generator=generator) < 0.8 for n, s in shapes.items()})
     available = mask.counts()[0]
-    splits, bands = [], []
-    original_split = selection._split
-    monkeypatch.setattr(selection, "_split", lambda *args: splits.append(original_split(*args)) or splits[-1])
+    brackets, bands = [], []
+    original_bounds = selection._bounds
+
+    def recording_bounds(*args):
+        for bracket in original_bounds(*args):
+            brackets.append(bracket)
+            yield bracket
+
+    monkeypatch.setattr(selection, "_bounds", recording_bounds)
+    values = torch.cat([scores[n].double().flatten() for n in shapes])
+    alive = torch.cat([mask[n].flatten() for n in shapes])
     for count in (1, 37, available // 3, available // 2, available - 1):
         kept = selection.keep_top(scores, mask, list(shapes), count)
-        bands.append(selection._count(splits[-1][1]))  # the band the selection settled on
+        upper, lower = brackets[-1]  # the bracket the selection settled on
+        bands.append(int(((values >= lower) & (values <= upper) & alive).sum()))
         flat = torch.cat([kept[n].flatten() for n in shapes])
         assert torch.equal(flat, reference_top_k(scores, mask, list(shapes), count)), count
     # The middle targets were found inside a narrow band, not by falling back to every value.

@@ -43,6 +43,24 @@ def matching_names(names: list[str], patterns: Iterable[str], output_name: str |
     return [name for name in names if name in matched]
 
 
+def join_flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The tensors flattened and joined: a view when they already tile one buffer in order, else a copy.
+
+    Selection and SynFlow work on one flat tensor per pass: one big operation instead of one
+    per layer, which matters most when the CPU is shared (every parallel op waits for all threads).
+    """
+    first = tensors[0]
+    offset, size = first.storage_offset(), 0
+    for tensor in tensors:
+        consecutive = (tensor.is_contiguous() and tensor.dtype == first.dtype and tensor.device == first.device
+                       and tensor.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+                       and tensor.storage_offset() == offset + size)
+        if not consecutive:
+            return torch.cat([t.reshape(-1) for t in tensors])
+        size += tensor.numel()
+    return first.as_strided((size,), (1,), offset)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The module whose parameter names masks use: through DistributedDataParallel and torch.compile."""
     while True:
@@ -114,6 +132,16 @@ class Mask:
         kept, total = self.counts()
         return f"Mask({len(self)} layers, {kept}/{total} kept, density {self.density():.6g})"
 
+    def flat(self) -> torch.Tensor:
+        """All layers' flags as one flat tensor (a view when they share one buffer)."""
+        return join_flat(list(self._tensors.values())) if self._tensors else torch.zeros(0, dtype=torch.bool)
+
+    @classmethod
+    def from_flat(cls, flat: torch.Tensor, like: "Mask") -> "Mask":
+        """Per-layer views of one flat bool tensor, laid out like `like`."""
+        sizes = [tensor.numel() for tensor in like._tensors.values()]
+        return cls({name: part.view(like[name].shape) for name, part in zip(like.names, flat.split(sizes))})
+
     # -- model operations -------------------------------------------------------------------
     def parameters_of(self, model: nn.Module) -> list[nn.Parameter]:
         """The model's parameters for this mask, in mask order; MaskError naming any that do not fit."""
@@ -179,8 +207,7 @@ class Mask:
     # -- disk -------------------------------------------------------------------------------
     def save(self, path) -> None:
         """Bit-packed with a checksummed header, written to a temporary file then renamed."""
-        flat = torch.cat([tensor.detach().cpu().flatten() for tensor in self._tensors.values()]) \
-            if self._tensors else torch.zeros(0, dtype=torch.bool)
+        flat = self.flat().cpu()
         packed = np.packbits(flat.numpy()).tobytes()
         compressed = zlib.compress(packed, 9)
         codec, payload = ("zlib", compressed) if len(compressed) < len(packed) else ("raw", packed)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lottery.pruning.collapse import compression_of, critical_compression, density_of, report_collapse
-from lottery.pruning.mask import Mask, MaskError
+from lottery.pruning.mask import Mask, MaskError, join_flat
 from lottery.pruning.scores import SCORERS, SynFlow, grasp, infer_input_shape, magnitude, random, snip
 from lottery.pruning.selection import keep_top, layerwise_quotas, rate_overrides, round_half_up
 
@@ -59,6 +59,11 @@ def _alive(mask: Mask, name: str) -> int:
     return int(torch.count_nonzero(mask[name]))
 
 
+def _alive_in(mask: Mask, names: list[str]) -> int:
+    """Unpruned weights in `names`, counted in one pass over the joined flags."""
+    return int(torch.count_nonzero(join_flat([mask[name] for name in names]))) if names else 0
+
+
 def _select(scores: dict, mask: Mask, groups: list[tuple[list[str], int]]) -> Mask:
     kept: dict[str, torch.Tensor] = {}
     for names, count in groups:
@@ -91,7 +96,7 @@ def mask_from_scores(scores: dict, mask: Mask, density: float, scope: str = "glo
     groups = [([name], _alive(mask, name) - round_half_up(_alive(mask, name) * rate)) for name, rate in rates.items()]
     rest = [name for name in mask.names if name not in rates]
     count = target - sum(group_count for _, group_count in groups)
-    available = sum(_alive(mask, name) for name in rest)
+    available = _alive_in(mask, rest)
     if not 0 <= count <= available:
         raise MaskError(f"density {density:.6g} is unreachable: layers with their own rate keep "
                         f"{target - count} weights, the other {len(rest)} layers would need {count} of {available}")
@@ -118,7 +123,7 @@ def prune_fraction(model: nn.Module, mask: Mask, fraction: float, scope: str = "
     groups = [([name], survivors(_alive(mask, name), rate)) for name, rate in rates.items()]
     rest = [name for name in mask.names if name not in rates]
     if scope == "global" and rest:
-        groups.append((rest, survivors(sum(_alive(mask, name) for name in rest), fraction)))
+        groups.append((rest, survivors(_alive_in(mask, rest), fraction)))
     else:
         groups += [([name], survivors(_alive(mask, name), fraction)) for name in rest]
     return PruneResult.of(_select(scores, mask, groups), f"pruning {fraction:.3g} of the remaining weights")

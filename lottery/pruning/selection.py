@@ -1,9 +1,10 @@
 """Exact top-k selection over score tensors: the one place where scores become kept weights.
 
 Rules: masked entries never come back (they count as -inf); exactly `count` entries are kept;
-ties at the threshold go to the earlier layer (mask order), then the lower flat index. The
-threshold is found without a global sort: a strided sample brackets it, two counting passes
-confirm the bracket, and only the values in the band are gathered and searched exactly.
+ties at the threshold go to the earlier layer (mask order), then the lower flat index. All
+layers are handled as one flat tensor. The threshold is found without a global sort: a strided
+sample brackets it, two counting passes confirm the bracket, and only the values in the band
+are gathered and searched exactly.
 That keeps a round of SynFlow on VGG-16 (14.7M scores) to a few passes over memory, where a
 global sort or kthvalue over all scores would cost seconds per round.
 """
@@ -14,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from lottery.pruning.mask import Mask, MaskError, matching_names
+from lottery.pruning.mask import Mask, MaskError, join_flat, matching_names
 
 SAMPLE_SIZE = 1 << 16
 EXACT_BELOW = 1 << 20  # up to this many candidates, skip the sample and search them all
@@ -24,52 +25,32 @@ def round_half_up(value: float) -> int:
     return int(math.floor(value + 0.5))
 
 
-def _flat_scores(scores: dict, names: Sequence[str], mask: Mask) -> tuple[list, list]:
-    """Per-layer flat scores in one common dtype (so comparisons are exact) and flat alive flags."""
+def _joined_scores(scores: dict, names: Sequence[str], mask: Mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """All the layers' scores as one flat tensor in one dtype (so comparisons are exact), and the alive flags."""
     missing = [name for name in names if name not in scores]
     if missing:
         raise MaskError(f"no scores for layers {', '.join(missing)}")
     dtype = scores[names[0]].dtype
     for name in names[1:]:
         dtype = torch.promote_types(dtype, scores[name].dtype)
-    values, alive = [], []
     for name in names:
-        score = scores[name].detach()
-        if score.shape != mask[name].shape:
-            raise MaskError(f"scores for {name} have shape {tuple(score.shape)}, mask {tuple(mask[name].shape)}")
-        keep = mask[name].to(score.device)
-        # The sum is a cheap first check; NaN at pruned entries (0 * inf) does not matter.
-        if torch.isnan(score.sum()) and bool((torch.isnan(score) & keep).any()):
-            raise ValueError(f"scores for {name} contain NaN")
-        values.append(score.to(dtype).flatten())
-        alive.append(keep.flatten())
+        if scores[name].shape != mask[name].shape:
+            raise MaskError(f"scores for {name} have shape {tuple(scores[name].shape)}, mask {tuple(mask[name].shape)}")
+    values = join_flat([scores[name].detach().to(dtype) for name in names])
+    alive = join_flat([mask[name] for name in names]).to(values.device)
+    # The sum is a cheap first check; NaN at pruned entries (0 * inf) does not matter.
+    if torch.isnan(values.sum()):
+        bad = [name for name in names if bool((torch.isnan(scores[name]) & mask[name].to(values.device)).any())]
+        if bad:
+            raise ValueError(f"scores for {', '.join(bad)} contain NaN")
     return values, alive
 
 
-def _count(flags: list) -> int:
-    return sum(int(torch.count_nonzero(flag)) for flag in flags)
-
-
-def _split(values: list, alive: list, upper: float, lower: float) -> tuple[list, list]:
-    """Per layer: alive & (value > upper), and alive & (lower <= value <= upper)."""
-    above, band = [], []
-    for value, keep in zip(values, alive):
-        high = torch.gt(value, upper)
-        high &= keep
-        middle = torch.ge(value, lower)
-        middle &= keep
-        middle ^= high  # high is a subset of middle here, so this removes it
-        above.append(high)
-        band.append(middle)
-    return above, band
-
-
-def _bounds(values: list, alive: list, k: int, available: int):
+def _bounds(values: torch.Tensor, alive: torch.Tensor, k: int, available: int):
     """Candidate (upper, lower) brackets for the k-th largest, from a strided sample, widening; last (+inf, -inf)."""
     if available > EXACT_BELOW:
-        stride = max(1, sum(value.numel() for value in values) // SAMPLE_SIZE)
-        sample = torch.cat([value[::stride][keep[::stride]] for value, keep in zip(values, alive)])
-        sample = torch.sort(sample, descending=True).values
+        stride = max(1, values.numel() // SAMPLE_SIZE)
+        sample = torch.sort(values[::stride][alive[::stride]], descending=True).values
         size, share = sample.numel(), k / available
         position = share * size
         margin = 4.0 * math.sqrt(size * share * (1 - share)) + 32
@@ -81,45 +62,53 @@ def _bounds(values: list, alive: list, k: int, available: int):
     yield math.inf, -math.inf
 
 
-def top_k(values: list, alive: list, k: int, available: int) -> list[torch.Tensor]:
-    """Flags for exactly the k highest alive values (1 <= k <= available); ties to earlier layers, lower indices.
+def top_k(values: torch.Tensor, alive: torch.Tensor, k: int, available: int) -> torch.Tensor:
+    """Flags for exactly the k highest alive values (1 <= k <= available); ties go to lower indices.
 
-    Two comparison passes split the alive entries into above / band / below a bracket that is
-    confirmed to hold the k-th largest; everything after that touches only the small band.
+    Two comparison passes split the alive entries into above / band / below a bracket confirmed
+    to hold the k-th largest; everything after that touches only the small band.
     """
     for upper, lower in _bounds(values, alive, k, available):
-        above, band = _split(values, alive, upper, lower)
-        count_above = _count(above)
-        if count_above < k <= count_above + _count(band):
+        above = torch.gt(values, upper)
+        above &= alive
+        count_above = int(torch.count_nonzero(above))
+        if count_above >= k:
+            continue
+        band = torch.ge(values, lower)
+        band &= alive
+        band ^= above  # above is a subset of band here: this leaves lower <= value <= upper
+        if count_above + int(torch.count_nonzero(band)) >= k:
             break
-    band_values = [value[flags] for value, flags in zip(values, band)]
+    band_values = values[band]
     rank = k - count_above  # the threshold's rank within the band, from the top
-    joined = torch.cat(band_values)
-    threshold = torch.kthvalue(joined.cpu(), joined.numel() - rank + 1).values.item()
-    chosen = [part > threshold for part in band_values]
-    missing = rank - _count(chosen)
-    for part, picked in zip(band_values, chosen):
-        ties = (part == threshold).nonzero().flatten()[:max(missing, 0)]
-        picked[ties] = True
-        missing -= ties.numel()
-    return [high.masked_scatter_(flags, picked) for high, flags, picked in zip(above, band, chosen)]
+    threshold = torch.kthvalue(band_values.cpu(), band_values.numel() - rank + 1).values.item()
+    chosen = band_values > threshold
+    missing = rank - int(torch.count_nonzero(chosen))
+    if missing > 0:
+        chosen[(band_values == threshold).nonzero().flatten()[:missing]] = True
+    return above.masked_scatter_(band, chosen)
 
 
 def keep_top(scores: dict, mask: Mask, names: Sequence[str], count: int) -> dict[str, torch.Tensor]:
-    """New bool tensors for `names`: exactly `count` of the alive entries, those with the highest scores."""
+    """New bool tensors for `names`: exactly `count` of the alive entries, those with the highest scores.
+
+    They are views of one flat tensor, so the next round joins them without a copy.
+    """
     names = list(names)
     if not names:
         return {}
-    values, alive = _flat_scores(scores, names, mask)
-    available = _count(alive)
+    values, alive = _joined_scores(scores, names, mask)
+    available = int(torch.count_nonzero(alive))
     if not 0 <= count <= available:
         raise MaskError(f"cannot keep {count} weights in {', '.join(names)}: only {available} are unpruned "
                         "(pruned weights never come back)")
     if count in (0, available):
-        kept = [keep.clone() if count else torch.zeros_like(keep) for keep in alive]
+        kept = alive.clone() if count else torch.zeros_like(alive)
     else:
         kept = top_k(values, alive, count, available)
-    return {name: flags.reshape(mask[name].shape).to(mask[name].device) for name, flags in zip(names, kept)}
+    kept = kept.to(mask[names[0]].device)
+    parts = kept.split([mask[name].numel() for name in names])
+    return {name: part.view(mask[name].shape) for name, part in zip(names, parts)}
 
 
 def rate_overrides(names: list[str], layer_rates: dict | None) -> dict[str, float]:
