@@ -28,11 +28,10 @@ def _config(root, **overrides):
     return config
 
 
-@pytest.mark.slow
-def test_two_process_gloo_ticket_matches_one_process(tmp_path):
-    ddp_config = _config(tmp_path / "ddp")
-    experiment = tmp_path / "ddp.yaml"
-    values = to_dict(ddp_config)
+def _torchrun_ticket(config, folder: Path) -> subprocess.CompletedProcess:
+    """`lottery ticket` under torchrun with 2 gloo ranks, on `config` written to a YAML file."""
+    experiment = folder / "ddp.yaml"
+    values = to_dict(config)
     values.pop("exp")
     experiment.write_text(yaml.safe_dump(values))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -42,6 +41,13 @@ def test_two_process_gloo_ticket_matches_one_process(tmp_path):
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ticket_matches_one_process(tmp_path):
+    ddp_config = _config(tmp_path / "ddp")
+    completed = _torchrun_ticket(ddp_config, tmp_path)
     assert "rank 1 of 2 joined (gloo)" in completed.stderr
 
     single = run_ticket(_config(tmp_path / "single"))
@@ -91,17 +97,7 @@ def test_ddp_resumes_a_level_from_a_checkpoint(tmp_path, monkeypatch):
     run_dir = run_directory(config)
     assert torch_load(run_dir / "checkpoint.pt")["tag"] == "level_01"
 
-    experiment = tmp_path / "ddp.yaml"
-    values = to_dict(config)
-    values.pop("exp")
-    experiment.write_text(yaml.safe_dump(values))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-         "-m", "lottery", "ticket", "--exp", str(experiment)],
-        env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    completed = _torchrun_ticket(config, tmp_path)
     assert completed.stderr.count("resumed level_01 at step 20") == 2  # both ranks loaded it
     rows = json.loads((run_dir / "results.json").read_text())
     single = run_ticket(_config(tmp_path / "single"))
