@@ -24,7 +24,9 @@ def _add_config_arguments(parser: argparse.ArgumentParser, exp_required: bool = 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lottery", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="lottery", description="Lottery tickets and pruning at initialisation, tracked in MLflow, searched with Optuna.",
+        epilog="Every command with --exp takes dotted key=value config overrides; see README.md.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
