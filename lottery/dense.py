@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import logging
 
-from lottery.config import Config
 from lottery import distributed
+from lottery.config import Config
 from lottery.experiment import load_data, open_run, run_directory
 from lottery.levels import finished_row, format_table, train_level
 from lottery.pruning.mask import Mask

@@ -14,12 +14,12 @@ import torch
 
 from lottery import distributed
 from lottery.config import Config, ConfigError
+from lottery.device import resolve_fast_path
 from lottery.experiment import load_data, make_model, open_run, run_directory
 from lottery.io import atomic_torch_save, torch_load, write_json
 from lottery.levels import Stage, compression_of, finished_row, format_table, train_level
 from lottery.pruning.mask import Mask
 from lottery.pruning.prune import prune_fraction
-from lottery.device import resolve_fast_path
 from lottery.train import StepPlan, TrainJob, train
 
 logger = logging.getLogger(__name__)
