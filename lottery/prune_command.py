@@ -43,9 +43,12 @@ def run_prune_command(args, config: Config) -> int:
 def _critical(args, config: Config, dataset, model) -> int:
     from lottery.pruning.collapse import critical_compression
 
+    from lottery.pruning.mask import Mask
+
     needs_data = args.method in ("snip", "grasp")
     value = critical_compression(
-        model, args.method, batches=pruning_batches(config, dataset) if needs_data else None,
+        model, args.method, mask=Mask.ones(model, ignore=config.prune.ignore, include=config.prune.include),
+        batches=pruning_batches(config, dataset) if needs_data else None,
         input_shape=dataset.input_shape, scope=config.prune.scope, rounds=config.prune.rounds,
         schedule=config.prune.schedule, seed=config.seed, temperature=config.prune.grasp_temperature,
     )

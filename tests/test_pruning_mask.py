@@ -89,7 +89,8 @@ def _train(model, mask, optimizer_name, steps, enforce):
         optimizer.step()
         if enforcer is not None:
             enforcer()
-        worst = max(worst, max(float(p.detach()[~mask[n]].abs().max()) for n, p in model.named_parameters() if n in mask))
+        pruned = [p.detach()[~mask[n]] for n, p in model.named_parameters() if n in mask]
+        worst = max(worst, max(float(values.abs().max()) for values in pruned))
     return worst
 
 

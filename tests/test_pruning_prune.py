@@ -105,9 +105,9 @@ def test_iterative_snip_never_revives_and_hits_the_target(monkeypatch):
     model = mlp()
     masks = []
 
-    def recording(scores, mask, names, count):
+    def recording(scores, mask, names, count, available=None):
         masks.append(mask)
-        return selection.keep_top(scores, mask, names, count)
+        return selection.keep_top(scores, mask, names, count, available)
 
     monkeypatch.setattr(prune_module, "keep_top", recording)
     result = prune(model, "snip", density=0.05, batches=data(), rounds=5)

@@ -71,7 +71,8 @@ def unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
-def prunable_parameters(model: nn.Module, ignore: Iterable[str] = (), include: Iterable[str] = ()) -> dict[str, nn.Parameter]:
+def prunable_parameters(model: nn.Module, ignore: Iterable[str] = (),
+                        include: Iterable[str] = ()) -> dict[str, nn.Parameter]:
     """The `.weight` of every conv and linear layer, minus `ignore`, plus `include` (fnmatch patterns).
 
     The pattern "output" means the last conv/linear weight. Order follows model.named_parameters().

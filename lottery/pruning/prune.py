@@ -64,20 +64,24 @@ def _alive_in(mask: Mask, names: list[str]) -> int:
     return int(torch.count_nonzero(join_flat([mask[name] for name in names]))) if names else 0
 
 
-def _select(scores: dict, mask: Mask, groups: list[tuple[list[str], int]]) -> Mask:
+Group = tuple[list[str], int, int | None]  # layers selected jointly, kept count, alive count if known
+
+
+def _select(scores: dict, mask: Mask, groups: list[Group]) -> Mask:
     kept: dict[str, torch.Tensor] = {}
-    for names, count in groups:
-        kept.update(keep_top(scores, mask, names, count))
+    for names, count, available in groups:
+        kept.update(keep_top(scores, mask, names, count, available))
     return Mask({name: kept[name] for name in mask.names})
 
 
-def _rest_groups(rest: list[str], mask: Mask, count: int, scope: str) -> list[tuple[list[str], int]]:
+def _rest_groups(rest: list[str], mask: Mask, count: int, available: int, scope: str) -> list[Group]:
     """Groups for the layers without their own rate, keeping `count` weights in total."""
     if scope == "global":
-        return [(rest, count)]
+        return [(rest, count, available)]
     sizes = {name: mask[name].numel() for name in rest}
-    quotas = layerwise_quotas(sizes, {name: _alive(mask, name) for name in rest}, count)
-    return [([name], quotas[name]) for name in rest]
+    alive = {name: _alive(mask, name) for name in rest}
+    quotas = layerwise_quotas(sizes, alive, count)
+    return [([name], quotas[name], alive[name]) for name in rest]
 
 
 def mask_from_scores(scores: dict, mask: Mask, density: float, scope: str = "global",
@@ -93,15 +97,18 @@ def mask_from_scores(scores: dict, mask: Mask, density: float, scope: str = "glo
     total = sum(mask[name].numel() for name in mask.names)
     target = round_half_up(density * total)
     rates = rate_overrides(mask.names, layer_rates)
-    groups = [([name], _alive(mask, name) - round_half_up(_alive(mask, name) * rate)) for name, rate in rates.items()]
+    groups: list[Group] = []
+    for name, rate in rates.items():
+        alive = _alive(mask, name)
+        groups.append(([name], alive - round_half_up(alive * rate), alive))
     rest = [name for name in mask.names if name not in rates]
-    count = target - sum(group_count for _, group_count in groups)
+    count = target - sum(group[1] for group in groups)
     available = _alive_in(mask, rest)
     if not 0 <= count <= available:
         raise MaskError(f"density {density:.6g} is unreachable: layers with their own rate keep "
                         f"{target - count} weights, the other {len(rest)} layers would need {count} of {available}")
     if rest:
-        groups += _rest_groups(rest, mask, count, scope)
+        groups += _rest_groups(rest, mask, count, available, scope)
     return _select(scores, mask, groups)
 
 
@@ -120,12 +127,13 @@ def prune_fraction(model: nn.Module, mask: Mask, fraction: float, scope: str = "
     def survivors(remaining: int, rate: float) -> int:
         return remaining - round_half_up(remaining * rate)
 
-    groups = [([name], survivors(_alive(mask, name), rate)) for name, rate in rates.items()]
+    groups: list[Group] = [([name], survivors(_alive(mask, name), rate), None) for name, rate in rates.items()]
     rest = [name for name in mask.names if name not in rates]
     if scope == "global" and rest:
-        groups.append((rest, survivors(_alive_in(mask, rest), fraction)))
+        available = _alive_in(mask, rest)
+        groups.append((rest, survivors(available, fraction), available))
     else:
-        groups += [([name], survivors(_alive(mask, name), fraction)) for name in rest]
+        groups += [([name], survivors(_alive(mask, name), fraction), None) for name in rest]
     return PruneResult.of(_select(scores, mask, groups), f"pruning {fraction:.3g} of the remaining weights")
 
 
@@ -135,7 +143,8 @@ def make_scorer(method: str | Callable, model: nn.Module, batches=None, input_sh
     if callable(method):
         return lambda mask: method(model, mask, batches, input_shape=input_shape, seed=seed, temperature=temperature)
     if method == "synflow":
-        return SynFlow(model, infer_input_shape(batches, input_shape, "synflow"))
+        # The loop scores, selects, then rescores: each round's scores may overwrite the last's.
+        return SynFlow(model, infer_input_shape(batches, input_shape, "synflow"), reuse_scores=True)
     if method == "random":
         generator = torch.Generator().manual_seed(seed)
         return lambda mask: random(model, mask, generator=generator)

@@ -170,14 +170,18 @@ class SynFlow:
     float64 matters: R reaches ~1e141 on ResNet-110, beyond float32's ~3e38.
 
     Cost: the |θ| copies are made once, and the prunable ones live in one flat buffer, so a
-    round is one forward, one backward and a handful of whole-buffer operations (no per-layer
-    loops, no fresh weight-sized allocations). Scores come back as views of one fresh flat
-    tensor, which the selection then uses without copying.
+    round is one forward, one backward and a handful of whole-buffer operations (no fresh
+    weight-sized allocations, which cost a round of page faults each on the CPU). Scores come
+    back as views of one flat tensor, which the selection then uses without copying. With
+    reuse_scores=True that tensor is reused: each call overwrites the previous call's scores
+    (the iterative prune loop consumes them before rescoring); otherwise it is fresh per call.
     """
 
-    def __init__(self, model: nn.Module, input_shape: Sequence[int], dtype: torch.dtype = torch.float64):
+    def __init__(self, model: nn.Module, input_shape: Sequence[int], dtype: torch.dtype = torch.float64,
+                 reuse_scores: bool = False):
         model = unwrap(model)
         self.model, self.input_shape, self.dtype = model, tuple(int(s) for s in input_shape), dtype
+        self.reuse_scores = reuse_scores
         with torch.no_grad():
             self.absolute = {name: _absolute(tensor, dtype)
                              for name, tensor in [*model.named_parameters(), *model.named_buffers()]}
@@ -191,7 +195,7 @@ class SynFlow:
         for name, part in zip(names, flat.split([self.absolute[name].numel() for name in names])):
             self.absolute[name] = part.view(self.absolute[name].shape)
         self._names, self._flat = names, flat
-        self._factor, self._masked = torch.empty_like(flat), torch.empty_like(flat)
+        self._factor, self._masked, self._scores = torch.empty_like(flat), torch.empty_like(flat), None
 
     def objective(self, weights: Scores) -> torch.Tensor:
         """R = 1ᵀ f(1; |θ|), with `weights` overriding the prunable |θ|."""
@@ -214,10 +218,16 @@ class SynFlow:
         weights = {name: part.view(mask[name].shape).detach().requires_grad_(True)
                    for name, part in zip(names, self._masked.split(sizes))}
         gradients = torch.autograd.grad(self.objective(weights), list(weights.values()), allow_unused=True)
-        flat = torch.cat([(grad if grad is not None else torch.zeros_like(weights[name])).reshape(-1)
-                          for name, grad in zip(names, gradients)])
-        flat.mul_(self._masked).abs_()
-        return {name: part.view(mask[name].shape) for name, part in zip(names, flat.split(sizes))}
+        flat = self._scores if self.reuse_scores and self._scores is not None else torch.empty_like(self._masked)
+        self._scores = flat
+        scores = {name: part.view(mask[name].shape) for name, part in zip(names, flat.split(sizes))}
+        for name, grad in zip(names, gradients):
+            if grad is None:  # a layer the forward does not use
+                scores[name].zero_()
+            else:
+                torch.mul(grad, weights[name].detach(), out=scores[name])
+        flat.abs_()
+        return scores
 
 
 def _absolute(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

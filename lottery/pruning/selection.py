@@ -79,26 +79,30 @@ def top_k(values: torch.Tensor, alive: torch.Tensor, k: int, available: int) -> 
         band ^= above  # above is a subset of band here: this leaves lower <= value <= upper
         if count_above + int(torch.count_nonzero(band)) >= k:
             break
-    band_values = values[band]
+    band_index = band.nonzero().flatten()
+    band_values = values[band_index]
     rank = k - count_above  # the threshold's rank within the band, from the top
     threshold = torch.kthvalue(band_values.cpu(), band_values.numel() - rank + 1).values.item()
     chosen = band_values > threshold
     missing = rank - int(torch.count_nonzero(chosen))
     if missing > 0:
         chosen[(band_values == threshold).nonzero().flatten()[:missing]] = True
-    return above.masked_scatter_(band, chosen)
+    above[band_index[chosen]] = True
+    return above
 
 
-def keep_top(scores: dict, mask: Mask, names: Sequence[str], count: int) -> dict[str, torch.Tensor]:
+def keep_top(scores: dict, mask: Mask, names: Sequence[str], count: int,
+             available: int | None = None) -> dict[str, torch.Tensor]:
     """New bool tensors for `names`: exactly `count` of the alive entries, those with the highest scores.
 
-    They are views of one flat tensor, so the next round joins them without a copy.
+    They are views of one flat tensor, so the next round joins them without a copy. `available`
+    (the number of alive entries) may be passed in when the caller has counted it already.
     """
     names = list(names)
     if not names:
         return {}
     values, alive = _joined_scores(scores, names, mask)
-    available = int(torch.count_nonzero(alive))
+    available = int(torch.count_nonzero(alive)) if available is None else available
     if not 0 <= count <= available:
         raise MaskError(f"cannot keep {count} weights in {', '.join(names)}: only {available} are unpruned "
                         "(pruned weights never come back)")
@@ -119,7 +123,8 @@ def rate_overrides(names: list[str], layer_rates: dict | None) -> dict[str, floa
             raise MaskError(f"prune.layer_rates.{pattern}: rate must be in [0, 1], got {rate}")
         for name in matching_names(names, [pattern], names[-1] if names else None, "prune.layer_rates"):
             if name in rates and rates[name] != float(rate):
-                raise MaskError(f"prune.layer_rates: layer {name} matched by patterns with rates {rates[name]} and {rate}")
+                raise MaskError(f"prune.layer_rates: layer {name} is matched by patterns with rates "
+                                f"{rates[name]} and {rate}")
             rates[name] = float(rate)
     return rates
 
