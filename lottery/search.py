@@ -11,12 +11,8 @@
 """
 from __future__ import annotations
 
-import fcntl
-import importlib.util
 import json
 import logging
-import os
-import socket
 import time
 import warnings
 from contextlib import contextmanager
@@ -27,16 +23,15 @@ import optuna
 import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.engine import make_url
 
-from lottery.config import Config, ConfigError, flatten, set_dotted
+from lottery.config import Config, ConfigError, set_dotted
 from lottery.experiment import run_directory
 from lottery.io import write_json
 from lottery.search_objective import (directions, is_last_level, objective_names, reaches_target, row_value,
                                       scored_row, trial_values, uses_target)
 from lottery.search_request import Runner, SearchOutcome, SearchRequest, baselines_runner, ticket_runner
 from lottery.search_space import Param, sample
-from lottery.tracker import make_tracker
+from lottery.search_storage import engine_settings, open_search_tracking, redacted, worker_id
 
 logger = logging.getLogger(__name__)
 
@@ -66,22 +61,9 @@ def quiet_experimental():
         yield
 
 
-def redacted(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        return url
-
-
 def open_storage(url: str, config: Config) -> RDBStorage:
     """RDBStorage with heartbeat and retry of stale trials. Retries briefly: workers may race to create tables."""
-    try:
-        backend = make_url(url).get_backend_name()
-    except sqlalchemy.exc.ArgumentError as error:
-        raise ConfigError(f"not a database URL ({error}); e.g. sqlite:///optuna.db or "
-                          "postgresql://user@host/db", "--storage") from None
-    engine = {"connect_args": {"timeout": 60}} if backend == "sqlite" else {"pool_pre_ping": True}
-    url = with_installed_driver(url)
+    url, engine = engine_settings(url)
     for attempt in range(1, STORAGE_ATTEMPTS):
         try:
             return _rdb_storage(url, engine, config)
@@ -95,16 +77,6 @@ def open_storage(url: str, config: Config) -> RDBStorage:
         return _rdb_storage(url, engine, config)
     except sqlalchemy.exc.SQLAlchemyError as error:
         raise SearchError(f"cannot open Optuna storage {redacted(url)}: {error}") from None
-
-
-def with_installed_driver(url: str) -> str:
-    """postgresql:// means psycopg 3 to SQLAlchemy 2.1; use psycopg2 instead when only that is installed."""
-    parsed = make_url(url)
-    if parsed.drivername != "postgresql" or importlib.util.find_spec("psycopg") is not None:
-        return url
-    if importlib.util.find_spec("psycopg2") is None:
-        return url
-    return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
 
 
 def _rdb_storage(url: str, engine: dict, config: Config) -> RDBStorage:
@@ -152,10 +124,6 @@ def suggest(trial: optuna.Trial, param: Param):
     if param.kind == "float":
         return trial.suggest_float(param.key, param.low, param.high, step=param.step, log=param.log)
     return trial.suggest_categorical(param.key, list(param.choices))
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
@@ -289,32 +257,6 @@ def work(study: optuna.Study, objective: TrialObjective, trials: int, poll_secon
             raise SearchError(f"{FAILURE_LIMIT} trials in a row failed on this worker; last: {objective.last_error}")
 
 
-@contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _open_tracking(request: SearchRequest):
-    """The search's parent run. Workers sharing the search directory attach to one parent (via its ids file)."""
-    config = request.config
-    with _file_lock(request.directory / ".tracking.lock"):
-        tracker = make_tracker(config, request.directory, command=request.command)
-        tags = {"optuna_study": request.name, "optuna_storage": redacted(request.storage),
-                "search_space": str(request.space.path), "kind": "search"}
-        params = {**flatten(config), "search.space": str(request.space.path)}
-        parent = tracker.parent(f"search {request.name}", tags, params)
-        flush = getattr(tracker, "flush", None)
-        if flush is not None:
-            flush()  # the parent's id must be on disk before the next worker reads it
-    return tracker, parent
-
-
 def run_search(request: SearchRequest, runner: Optional[Runner] = None) -> SearchOutcome:
     """Join (or create) the study, work until it holds `request.trials` finished trials, save the results."""
     if request.trials < 1:
@@ -333,7 +275,7 @@ def run_search(request: SearchRequest, runner: Optional[Runner] = None) -> Searc
     study = open_study(request, storage)
     logger.info("study %r in %s: %d trial(s) wanted; this worker is %s", request.name, redacted(request.storage),
                 request.trials, worker_id())
-    tracker, parent = _open_tracking(request)
+    tracker, parent = open_search_tracking(request)
     objective = TrialObjective(request, runner, tracker)
     status = "FAILED"
     try:

@@ -46,7 +46,7 @@ def sync_run(run_dir: Path, overrides: list[str] | tuple = (), command: str = "l
     from lottery.io import RunLock
     from lottery.report import find_stages, publish
     from lottery.tracker import run_tags
-    from lottery.tracking import MlflowTracker
+    from lottery.tracking_client import MlflowTracker
 
     run_dir = Path(run_dir)
     config = read_config(run_dir)

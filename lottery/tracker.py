@@ -1,4 +1,5 @@
-"""The tracking interface the framework talks to. MLflow lives behind it in lottery/tracking.py.
+"""The tracking interface the framework talks to. MLflow lives behind it: lottery/tracking_client.py forwards
+to a helper process running lottery/tracking.py.
 
 Runs are addressed by stable keys ("level_03", "baseline/init/snip/density_0.100000"), so a resumed process
 re-attaches to the same remote runs instead of creating duplicates.
@@ -59,6 +60,6 @@ def make_tracker(config, run_dir: Path, command: str = "") -> Tracker:
     """The MLflow tracker when tracking is on, else the no-op one."""
     if not config.track.enabled:
         return Tracker()
-    from lottery.tracking import MlflowTracker
+    from lottery.tracking_client import MlflowTracker
 
     return MlflowTracker(config, run_dir, command=command)

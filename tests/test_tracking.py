@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from lottery.config import Config, config_hash, flatten
 from lottery.io import read_json
 from lottery.tracker import Tracker, make_tracker
-from lottery.tracking import DEFAULT_URI, PARAM_VALUE_LIMIT, MlflowRunHandle, MlflowTracker, git_state, param_value, \
+from lottery.tracking_client import DEFAULT_URI, PARAM_VALUE_LIMIT, MlflowRunHandle, MlflowTracker, git_state, param_value, \
     resolve_uri
 from tests.conftest_mlflow import (artifact_paths, clean_http_env, free_port, history, metric_steps,  # noqa: F401
                                    runs_by_name, sqlite_uri, tiny_tracked_config)
@@ -141,7 +141,7 @@ def test_a_dead_server_costs_seconds_warns_once_and_never_raises(tmp_path, caplo
 
 
 def test_the_training_process_never_imports_mlflow_nor_the_tracking_process_torch():
-    probe = "import sys, lottery.tracking; print('mlflow' in sys.modules, 'torch' in sys.modules)"
+    probe = "import sys, lottery.tracking, lottery.tracking_client; print('mlflow' in sys.modules, 'torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).resolve().parent.parent)
     assert result.stdout.split() == ["False", "False"]

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from lottery.config import flatten
 from lottery.io import read_json
 from lottery.sync import sync_run
-from lottery.tracking import MlflowTracker
+from lottery.tracking_client import MlflowTracker
 from tests.conftest_mlflow import (artifact_paths, clean_http_env, metric_steps, mlflow_server,  # noqa: F401
                                    runs_by_name, tiny_tracked_config)
 

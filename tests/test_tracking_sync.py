@@ -10,7 +10,7 @@ from lottery.config import flatten
 from lottery.io import read_json
 from lottery.report import find_stages
 from lottery.sync import sync_run
-from lottery.tracking import MlflowTracker, resolve_uri
+from lottery.tracking_client import MlflowTracker, resolve_uri
 from tests.conftest_mlflow import (artifact_paths, clean_http_env, free_port, make_run_dir, metric_steps,  # noqa: F401
                                    runs_by_name, sqlite_uri, tiny_tracked_config)
 
