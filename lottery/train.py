@@ -17,6 +17,8 @@ from torch import nn
 
 from lottery.device import FastPath, prepare_model, resolve_fast_path
 from lottery.io import atomic_torch_save, torch_load
+from lottery.pruning.mask import Mask
+from lottery.pruning.masked_adam import MaskedAdam, masked_adam
 from lottery.schedule import LRSchedule
 from lottery.steps import parse_steps
 
@@ -86,7 +88,8 @@ class StepPlan:
         return LRSchedule(train_cfg.lr, self.total, self.milestones, train_cfg.gamma, self.warmup, train_cfg.schedule)
 
 
-def build_optimizer(model: nn.Module, train_cfg) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, train_cfg, mask: Mask | None = None) -> torch.optim.Optimizer:
+    """The configured optimizer; with a mask, Adam and AdamW hold the pruned weights at 0 inside the step."""
     params = [p for p in model.parameters() if p.requires_grad]
     # foreach: PyTorch picks it only on CUDA by default; on CPU it is ~6% faster per LeNet step.
     if train_cfg.optimizer == "sgd":
@@ -94,11 +97,21 @@ def build_optimizer(model: nn.Module, train_cfg) -> torch.optim.Optimizer:
             params, lr=train_cfg.lr, momentum=train_cfg.momentum,
             nesterov=train_cfg.nesterov, weight_decay=train_cfg.weight_decay, foreach=True,
         )
-    if train_cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, foreach=True)
-    if train_cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, foreach=True)
-    raise ValueError(f"train.optimizer: unknown optimizer {train_cfg.optimizer!r}")
+    if train_cfg.optimizer not in ("adam", "adamw"):
+        raise ValueError(f"train.optimizer: unknown optimizer {train_cfg.optimizer!r}")
+    decoupled = train_cfg.optimizer == "adamw"
+    if mask is not None:
+        return masked_adam(model, mask, params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
+                           decoupled_weight_decay=decoupled)
+    adam = torch.optim.AdamW if decoupled else torch.optim.Adam
+    return adam(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, foreach=True)
+
+
+def mask_enforcer(optimizer: torch.optim.Optimizer, mask: Mask | None, model: nn.Module):
+    """What to call after each optimizer step to zero the pruned weights: nothing when the step does it."""
+    if mask is None or isinstance(optimizer, MaskedAdam):
+        return None
+    return mask.enforcer(model)
 
 
 def _autocast(fast: FastPath):
@@ -156,7 +169,7 @@ class TrainJob:
     seed: int
     start_step: int
     end_step: int
-    mask: object = None
+    mask: Optional[Mask] = None
     checkpoint_path: Optional[Path] = None
     checkpoint_every: int = 0
     checkpoint_tag: str = ""
@@ -178,9 +191,9 @@ def train(job: TrainJob) -> TrainResult:
     batches = job.dataset.train_batches(cfg.batch_size, job.seed, job.rank, job.world_size)
     plan = StepPlan.from_config(cfg, batches.iterations_per_epoch)
     schedule = plan.lr_schedule(cfg)
-    optimizer = build_optimizer(job.model, cfg)
+    optimizer = build_optimizer(job.model, cfg, job.mask)
     scaler = torch.amp.GradScaler(fast.device.type, enabled=fast.amp_dtype == torch.float16)
-    enforce_mask = job.mask.enforcer(job.model) if job.mask is not None else None
+    enforce_mask = mask_enforcer(optimizer, job.mask, job.model)
     if job.mask is not None:
         job.mask.apply(job.model)
 

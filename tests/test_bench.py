@@ -17,6 +17,7 @@ from lottery.benchmarks.orchestration import RunTimes
 from lottery.benchmarks.result import BenchEntry, Goal
 from lottery.benchmarks.timing import interleaved, rotated
 from lottery.cli import main
+from lottery.pruning.masked_adam import MaskedAdam
 
 
 class FakeClock:
@@ -108,10 +109,16 @@ def test_table_marks_pass_fail_and_comparisons():
     assert lines[2].endswith("PASS") and lines[3].endswith("FAIL") and lines[4].endswith("-")
 
 
-def test_masking_contenders_train_the_same_masked_network():
-    case = MaskingCase("lenet_16", (1, 4, 4), 8, "sgd", 0.1, 0.9, 0.0, 0, 1, 1)
+@pytest.mark.parametrize("optimizer, names, ours_type", [
+    ("sgd", ["plain", "ours", "forward_multiply", "prune_hooks"], torch.optim.SGD),
+    ("adam", ["plain", "ours", "enforcer", "forward_multiply", "prune_hooks"], MaskedAdam)])
+def test_masking_contenders_train_the_same_masked_network(optimizer, names, ours_type):
+    case = MaskingCase("lenet_16", (1, 4, 4), 8, optimizer, 0.01, 0.9, 0.0, 0, 1, 1)
     race = contenders(case)
-    assert list(race.steps) == ["plain", "ours", "forward_multiply", "prune_hooks"]
+    assert list(race.steps) == names
+    assert type(race.optimizers["ours"]) is ours_type  # what lottery.train builds for a masked run
+    assert type(race.optimizers["plain"]) is type(race.optimizers["prune_hooks"]) is {
+        "sgd": torch.optim.SGD, "adam": torch.optim.Adam}[optimizer]
     name = race.mask.names[0]
     kept = race.mask[name]
     pruned = ~kept
@@ -122,7 +129,7 @@ def test_masking_contenders_train_the_same_masked_network():
         step()
         step()
     seen = {key: model.get_submodule(module_name).weight.detach() for key, model in race.models.items()}
-    for key in ("ours", "forward_multiply", "prune_hooks"):  # what each forward computes with
+    for key in names[1:]:  # what each forward computes with
         assert torch.count_nonzero(seen[key][pruned]) == 0, key
         assert not torch.equal(seen[key], start[key]), key  # and it did train
     assert torch.count_nonzero(seen["plain"][pruned]) > 0
