@@ -33,6 +33,7 @@ BENCHMARKS = {
     "data_pipeline": "lottery.benchmarks.data_pipeline",
     "scoring": "lottery.benchmarks.scoring",
     "orchestration": "lottery.benchmarks.orchestration",
+    "tracking": "lottery.benchmarks.tracking_overhead",
     "mask_storage": "lottery.benchmarks.mask_storage",
     "sparse_export": "lottery.benchmarks.sparse_export",
 }

@@ -48,7 +48,8 @@ def build_stage(config: Config, run_dir: Path, dataset, parent=None) -> tuple[St
         atomic_torch_save(init_path, model.state_dict())
     distributed.barrier()
     if parent is not None:
-        parent.log_params(resolve_fast_path(config.train, model, distributed.device_for(config)).as_params())
+        fast = resolve_fast_path(config.train, model, distributed.device_for(config), dataset.input_shape)
+        parent.log_params(fast.as_params())
     return Stage(config, dataset, plan, run_dir, rank, world), model
 
 
@@ -68,7 +69,8 @@ def rewind_weights(stage: Stage, model) -> tuple[dict, int]:
     config, run_dir = stage.config, stage.run_dir
     rewind_step = stage.plan.steps(config.ticket.rewind_step)
     path = run_dir / "rewind.pt"
-    if path.exists():
+    # Rank 0 decides: a rank that saw rank 0's fresh file would skip the barrier below and deadlock.
+    if distributed.broadcast_object(path.exists() if stage.is_main else None):
         return torch_load(path), rewind_step
     if rewind_step > 0:
         job = TrainJob(

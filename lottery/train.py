@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lottery.device import FastPath, prepare_model, resolve_fast_path
+from lottery.device import FastPath, cpu_threads, prepare_model, resolve_fast_path
 from lottery.io import atomic_torch_save, torch_load
 from lottery.pruning.mask import Mask
 from lottery.pruning.masked_adam import MaskedAdam, masked_adam
@@ -183,8 +183,13 @@ class TrainJob:
 
 def train(job: TrainJob) -> TrainResult:
     """Run a segment. Resumes from job.checkpoint_path when it holds a checkpoint with the same tag."""
+    fast = job.fast or resolve_fast_path(job.train_cfg, job.model, sample_shape=job.dataset.input_shape)
+    with cpu_threads(fast.cpu_threads):
+        return _train(job, fast)
+
+
+def _train(job: TrainJob, fast: FastPath) -> TrainResult:
     cfg = job.train_cfg
-    fast = job.fast or resolve_fast_path(cfg, job.model)
     net = prepare_model(job.model, fast)
     if job.world_size > 1:
         net = nn.parallel.DistributedDataParallel(net)

@@ -13,11 +13,15 @@ import torch
 from lottery.bench import BENCHMARKS, format_table, select
 from lottery.benchmarks.mask_storage import bits_per_weight, entropy_bits
 from lottery.benchmarks.masking import MaskingCase, contenders, random_mask
+from lottery.benchmarks import tracking_overhead
 from lottery.benchmarks.orchestration import RunTimes
 from lottery.benchmarks.result import BenchEntry, Goal
 from lottery.benchmarks.timing import interleaved, rotated
+from lottery.benchmarks.tracking_overhead import RunTime
+from lottery.benchmarks.tracking_overhead import entry as tracking_entry
 from lottery.cli import main
 from lottery.pruning.masked_adam import MaskedAdam
+from lottery.tracking_client import MlflowTracker
 
 
 class FakeClock:
@@ -180,3 +184,25 @@ def test_unknown_benchmark_is_a_clear_error(tmp_path, capsys):
     assert main(["bench", "--only", "masking,warp_drive", "--out", str(out)]) == 2
     assert "warp_drive" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_tracking_overhead_entry_arithmetic():
+    tracked = [RunTime(10.2, 6, 0.05, 2.0), RunTime(10.0, 6, 0.07, 2.2)]
+    bare = [RunTime(10.0, 6), RunTime(10.0, 6)]
+    result = tracking_entry(tracked, bare)
+    assert result.name == "tracking.digits" and result.goal == Goal("<=", 2.0)
+    assert result.details["percent_per_pair"] == pytest.approx([2.0, 0.0])
+    assert result.value == pytest.approx(1.0)
+    assert result.details["calls_percent"] == pytest.approx(0.6)
+    assert result.details["helper_cpu_percent"] == pytest.approx(21.0)
+
+
+def test_quick_tracking_overhead_runs_real_tracked_and_untracked_tickets():
+    originals = {name: MlflowTracker.__dict__[name] for name in ("parent", "child", "close")}
+    (result,) = tracking_overhead.run(quick=True)
+    details = result.details
+    assert details["pairs"] == 1 and details["levels_per_run"] == 2  # level 0 and one pruned level
+    assert details["calls_seconds_per_level"] > 0  # the tracker's methods were timed on this thread
+    assert details["helper_cpu_seconds_per_run"] > 0  # and its helper process did run
+    assert math.isfinite(result.value)
+    assert {name: MlflowTracker.__dict__[name] for name in originals} == originals  # wrappers removed

@@ -157,3 +157,14 @@ def test_lottery_train_prints_accuracy_and_writes_a_run_directory(tmp_path, caps
     assert (run_dir / "config.yaml").is_file()
     assert (run_dir / "dense" / "DONE").is_file() and (run_dir / "dense" / "final.pt").is_file()
     assert str(run_dir) in out
+
+
+def test_small_models_train_on_one_cpu_thread_and_threads_are_restored(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    config = tiny_config()
+    dataset = tiny_dataset(config)
+    before, seen = torch.get_num_threads(), []
+    train(_job(config, dataset, tiny_model(config, dataset), start_step=0, end_step=3,
+               hooks=(lambda step: seen.append(torch.get_num_threads()),)))
+    assert seen == [1, 1, 1]
+    assert torch.get_num_threads() == before

@@ -1,0 +1,150 @@
+"""Tracking overhead: a digits ticket with MLflow tracking on, against the same ticket with it off.
+
+Pairs of runs (tracked, untracked; the order alternates) share everything else, checkpoints
+included, so the difference in wall time is what tracking costs: the helper process's start and
+its CPU, the training thread's calls, and waiting for queued uploads at the end. A warm-up run
+creates the sqlite store first, as a user's first run does once.
+value = median over pairs of (tracked run - untracked run) / untracked run, in %.
+
+Two direct accountings go in the details, as low-noise cross-checks:
+- calls:  time the training thread spends inside Tracker and RunHandle methods;
+- helper: CPU seconds used by the tracking process (which runs beside training, not in it).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import resource
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lottery.benchmarks.result import BenchEntry, Goal
+from lottery.config import Config, load_config
+from lottery.ticket import run_ticket
+from lottery.tracking_client import MlflowRunHandle, MlflowTracker
+
+GOAL = Goal("<=", 2.0)
+EXPERIMENT = "digits"
+TRACKER_METHODS = {MlflowTracker: ("__init__", "parent", "child", "flush", "close"),
+                   MlflowRunHandle: ("log_params", "log_metrics", "log_artifact", "log_figure", "set_tags", "finish")}
+
+
+@dataclass
+class RunTime:
+    wall: float
+    levels: int
+    call_seconds: float = 0.0
+    helper_cpu_seconds: float = 0.0
+    calls_by_method: dict[str, float] = field(default_factory=dict)
+
+
+def pair_config(folder: Path, name: str, tracked: bool, levels: int | None) -> Config:
+    config = load_config(EXPERIMENT)
+    config.run.root = str(folder / name)
+    config.track.enabled = tracked
+    config.track.uri = f"sqlite:///{folder / 'mlflow.db'}"
+    config.train.progress = "off"
+    config.train.device = "cpu"
+    if levels is not None:
+        config.ticket.levels = levels
+    return config
+
+
+class CallTimer:
+    """Wraps the MLflow tracker's methods for the duration; sums the outermost calls on this thread."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.by_method: dict[str, float] = {}
+        self._depth = 0
+        self._thread = threading.get_ident()
+
+    def _wrap(self, method):
+        @functools.wraps(method)
+        def timed(*args, **kwargs):
+            if threading.get_ident() != self._thread:
+                return method(*args, **kwargs)
+            self._depth += 1
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    seconds = time.perf_counter() - start
+                    self.seconds += seconds
+                    self.by_method[method.__qualname__] = self.by_method.get(method.__qualname__, 0.0) + seconds
+        return timed
+
+    @contextlib.contextmanager
+    def installed(self):
+        originals = [(cls, name, cls.__dict__[name]) for cls, names in TRACKER_METHODS.items() for name in names]
+        for cls, name, method in originals:
+            setattr(cls, name, self._wrap(method))
+        try:
+            yield self
+        finally:
+            for cls, name, method in originals:
+                setattr(cls, name, method)
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # reaped children: the tracking process, git
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_run(config: Config) -> RunTime:
+    timer = CallTimer()
+    helper_before = children_cpu_seconds()
+    with timer.installed(), contextlib.redirect_stdout(io.StringIO()):
+        start = time.perf_counter()
+        outcome = run_ticket(config, "lottery bench")
+        wall = time.perf_counter() - start
+    return RunTime(wall, len(outcome.rows), timer.seconds, children_cpu_seconds() - helper_before,
+                   timer.by_method)
+
+
+def run(quick: bool = False) -> list[BenchEntry]:
+    pairs, levels = (1, 1) if quick else (5, None)
+    tracked: list[RunTime] = []
+    bare: list[RunTime] = []
+    with tempfile.TemporaryDirectory(prefix="lottery-bench-tracking-") as folder:
+        timed_run(pair_config(Path(folder), "warmup", True, 1))  # creates the store, as a first run would
+        for index in range(pairs):
+            order = (True, False) if index % 2 == 0 else (False, True)
+            for tracking in order:
+                times = timed_run(pair_config(Path(folder), f"{'tracked' if tracking else 'bare'}_{index}",
+                                              tracking, levels))
+                (tracked if tracking else bare).append(times)
+    return [entry(tracked, bare)]
+
+
+def entry(tracked: list[RunTime], bare: list[RunTime]) -> BenchEntry:
+    differences = [100 * (with_tracking.wall - without.wall) / without.wall
+                   for with_tracking, without in zip(tracked, bare)]
+    bare_wall = statistics.median(times.wall for times in bare)
+    details = {
+        "experiment": EXPERIMENT, "pairs": len(differences), "levels_per_run": tracked[0].levels,
+        "tracking": "mlflow, sqlite in a temporary folder (created by a warm-up run)",
+        "percent_per_pair": differences,
+        "tracked_run_seconds": [times.wall for times in tracked],
+        "untracked_run_seconds": [times.wall for times in bare],
+        "level_seconds_untracked": bare_wall / tracked[0].levels,
+        "calls_percent": 100 * statistics.median(times.call_seconds for times in tracked) / bare_wall,
+        "calls_seconds_per_level": statistics.median(times.call_seconds / times.levels for times in tracked),
+        "calls_seconds_by_method": {name: statistics.median(times.calls_by_method.get(name, 0.0) for times in tracked)
+                                    for name in sorted({name for times in tracked for name in times.calls_by_method})},
+        "helper_cpu_percent": 100 * statistics.median(times.helper_cpu_seconds for times in tracked) / bare_wall,
+        "helper_cpu_seconds_per_run": statistics.median(times.helper_cpu_seconds for times in tracked),
+        "torch_threads": torch.get_num_threads(),
+        "note": "value = median over pairs of the wall-time difference; calls_percent and helper_cpu_percent "
+                "are per run, over the untracked run's wall time",
+    }
+    return BenchEntry("tracking.digits", statistics.median(differences), "% of run time", GOAL, details)
