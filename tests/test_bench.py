@@ -187,14 +187,15 @@ def test_unknown_benchmark_is_a_clear_error(tmp_path, capsys):
 
 
 def test_tracking_overhead_entry_arithmetic():
-    tracked = [RunTime(10.2, 6, 0.05, 2.0), RunTime(10.0, 6, 0.07, 2.2)]
-    bare = [RunTime(10.0, 6), RunTime(10.0, 6)]
+    tracked = [RunTime(2.4, [1.02, 1.0], 0.38, 0.05, 2.0), RunTime(2.2, [1.0, 1.04], 0.16, 0.07, 2.2)]
+    bare = [RunTime(2.0, [1.0, 1.0], 0.0), RunTime(2.0, [1.0, 1.0], 0.0)]
     result = tracking_entry(tracked, bare)
     assert result.name == "tracking.digits" and result.goal == Goal("<=", 2.0)
-    assert result.details["percent_per_pair"] == pytest.approx([2.0, 0.0])
-    assert result.value == pytest.approx(1.0)
-    assert result.details["calls_percent"] == pytest.approx(0.6)
-    assert result.details["helper_cpu_percent"] == pytest.approx(21.0)
+    assert result.details["percent_per_level"] == pytest.approx([2.0, 0.0, 0.0, 4.0])
+    assert result.value == pytest.approx(1.0)  # median over pairs and levels
+    assert result.details["percent_per_run"] == pytest.approx([20.0, 10.0])
+    assert result.details["calls_percent"] == pytest.approx(3.0)
+    assert result.details["tail_seconds_tracked"] == pytest.approx(0.27)
 
 
 def test_quick_tracking_overhead_runs_real_tracked_and_untracked_tickets():
@@ -202,6 +203,7 @@ def test_quick_tracking_overhead_runs_real_tracked_and_untracked_tickets():
     (result,) = tracking_overhead.run(quick=True)
     details = result.details
     assert details["pairs"] == 1 and details["levels_per_run"] == 2  # level 0 and one pruned level
+    assert len(details["percent_per_level"]) == 2 and len(details["percent_per_run"]) == 1
     assert details["calls_seconds_per_level"] > 0  # the tracker's methods were timed on this thread
     assert details["helper_cpu_seconds_per_run"] > 0  # and its helper process did run
     assert math.isfinite(result.value)

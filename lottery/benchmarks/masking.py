@@ -28,6 +28,7 @@ from torch.nn.utils import prune as torch_prune
 from lottery.benchmarks.result import BenchEntry, Goal
 from lottery.benchmarks.timing import interleaved
 from lottery.config import ModelConfig, TrainConfig
+from lottery.device import cpu_threads, resolve_cpu_threads, step_flops
 from lottery.models import build_model
 from lottery.pruning.mask import Mask
 from lottery.train import build_optimizer, mask_enforcer
@@ -202,5 +203,9 @@ def measure(case: MaskingCase) -> list[BenchEntry]:
 def run(quick: bool = False) -> list[BenchEntry]:
     entries: list[BenchEntry] = []
     for case in cases(quick):
-        entries.extend(measure(case))
+        # The CPU threads lottery.train would pick for this model and batch.
+        model = build_model(ModelConfig(name=case.model), case.input_shape, 10, SEED)
+        threads = resolve_cpu_threads(torch.device("cpu"), step_flops(model, case.input_shape, case.batch_size))
+        with cpu_threads(threads):
+            entries.extend(measure(case))
     return entries
