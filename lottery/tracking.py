@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 def serve(inbox_fd: int, outbox_fd: int) -> None:
     """Apply the training process's messages to MLflow, in order, until "stop" or end of input."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches training, which then closes the runs
+    os.nice(10)  # background work: where cores are scarce, training goes first
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     inbox, outbox = Connection(inbox_fd, writable=False), Connection(outbox_fd, readable=False)
     store: Optional[_Store] = None

@@ -118,7 +118,7 @@ def timed_run(config: Config) -> RunTime:
 
 
 def run(quick: bool = False) -> list[BenchEntry]:
-    pairs, levels = (1, 1) if quick else (5, None)
+    pairs, levels = (1, 1) if quick else (8, None)
     tracked: list[RunTime] = []
     bare: list[RunTime] = []
     with tempfile.TemporaryDirectory(prefix="lottery-bench-tracking-") as folder:
