@@ -1,4 +1,5 @@
 """Ablations (shuffle, random at layer densities, inverted scores, reinit) and approximate isometry."""
+import pytest
 import torch
 from torch import nn
 
@@ -23,23 +24,14 @@ def _counts(mask):
     return {name: info["kept"] for name, info in mask.layer_report().items()}
 
 
-def test_shuffle_keeps_layer_counts_moves_positions_and_is_seeded():
-    model = net()
-    mask = pruned_mask(model)
-    shuffled = shuffle_within_layers(mask, seed=1)
-    assert _counts(shuffled) == _counts(mask)
-    assert all(not torch.equal(shuffled[n], mask[n]) for n in mask.names)
-    assert shuffled.equals(shuffle_within_layers(mask, seed=1))
-    assert not shuffled.equals(shuffle_within_layers(mask, seed=2))
-
-
-def test_random_same_layerwise_keeps_layer_counts_and_is_seeded():
-    model = net()
-    mask = pruned_mask(model)
-    drawn = random_same_layerwise(mask, seed=1)
+@pytest.mark.parametrize("ablation", [shuffle_within_layers, random_same_layerwise])
+def test_ablation_keeps_layer_counts_moves_positions_and_is_seeded(ablation):
+    mask = pruned_mask(net())
+    drawn = ablation(mask, seed=1)
     assert _counts(drawn) == _counts(mask)
     assert all(not torch.equal(drawn[n], mask[n]) for n in mask.names)
-    assert drawn.equals(random_same_layerwise(mask, seed=1))
+    assert drawn.equals(ablation(mask, seed=1))
+    assert not drawn.equals(ablation(mask, seed=2))
 
 
 def test_inverted_scores_keep_the_complement():

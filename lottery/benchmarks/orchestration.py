@@ -60,15 +60,21 @@ class RunTimes:
                 for level, train, saved in zip(self.level, self.train, self.checkpoints)]
 
 
-def ticket_config(folder: Path, tracked: bool, levels: int | None) -> Config:
+def digits_config(run_root: Path, store: Path, tracked: bool, levels: int | None) -> Config:
+    """The digits experiment on CPU, quiet, with runs under run_root and MLflow's sqlite store at `store`."""
     config = load_config(EXPERIMENT)
-    config.run.root = str(folder / "runs")
+    config.run.root = str(run_root)
     config.track.enabled = tracked
-    config.track.uri = f"sqlite:///{folder / 'mlflow.db'}"
+    config.track.uri = f"sqlite:///{store}"
     config.train.progress = "off"
     config.train.device = "cpu"
     if levels is not None:
         config.ticket.levels = levels
+    return config
+
+
+def ticket_config(folder: Path, tracked: bool, levels: int | None) -> Config:
+    config = digits_config(folder / "runs", folder / "mlflow.db", tracked, levels)
     if not tracked:
         config.ticket.checkpoint_every = "0it"  # no mid-level checkpoints
     return config

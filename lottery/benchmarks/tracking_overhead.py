@@ -29,12 +29,12 @@ from pathlib import Path
 import torch
 
 from lottery.benchmarks.result import BenchEntry, Goal
-from lottery.config import Config, load_config
+from lottery.benchmarks.orchestration import EXPERIMENT, digits_config
+from lottery.config import Config
 from lottery.ticket import run_ticket
 from lottery.tracking_client import MlflowRunHandle, MlflowTracker
 
 GOAL = Goal("<=", 2.0)
-EXPERIMENT = "digits"
 TRACKER_METHODS = {MlflowTracker: ("__init__", "parent", "child", "flush", "close"),
                    MlflowRunHandle: ("log_params", "log_metrics", "log_artifact", "log_figure", "set_tags", "finish")}
 
@@ -50,15 +50,8 @@ class RunTime:
 
 
 def pair_config(folder: Path, name: str, tracked: bool, levels: int | None) -> Config:
-    config = load_config(EXPERIMENT)
-    config.run.root = str(folder / name)
-    config.track.enabled = tracked
-    config.track.uri = f"sqlite:///{folder / 'mlflow.db'}"
-    config.train.progress = "off"
-    config.train.device = "cpu"
-    if levels is not None:
-        config.ticket.levels = levels
-    return config
+    """Checkpoints as configured either way: tracking is the only difference within a pair."""
+    return digits_config(folder / name, folder / "mlflow.db", tracked, levels)
 
 
 class CallTimer:
