@@ -106,3 +106,19 @@ def test_training_uses_the_in_step_mask_for_adam_and_the_enforcer_for_sgd(name, 
     assert type(build_optimizer(model, config)) is {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
                                                     "sgd": torch.optim.SGD}[name]
     assert mask_enforcer(build_optimizer(model, config), None, model) is None
+
+
+def test_channels_last_weights_keep_their_layout_and_results():
+    stock_model = small_net().to(memory_format=torch.channels_last)
+    mask = half_mask(stock_model)
+    mask.apply(stock_model)
+    our_model = copy.deepcopy(stock_model)
+    data = [(inputs.to(memory_format=torch.channels_last), targets) for inputs, targets in batches(10)]
+    run(stock_model, torch.optim.Adam(stock_model.parameters(), lr=1e-2, foreach=True), data,
+        after_step=mask.enforcer(stock_model))
+    ours = masked_adam(our_model, mask, list(our_model.parameters()), lr=1e-2)
+    run(our_model, ours, data)
+    conv_weight = our_model[0].weight
+    assert ours._lerp_weights[conv_weight].is_contiguous(memory_format=torch.channels_last)
+    for stock, ours_parameter in zip(stock_model.parameters(), our_model.parameters()):
+        assert torch.equal(stock, ours_parameter)

@@ -45,8 +45,10 @@ class MaskedAdam(torch.optim.Adam):
         weight = self._lerp_weights.get(parameter)
         if weight is None:
             kept = self.kept.get(parameter)
-            weight = torch.full_like(parameter, 1 - beta1) if kept is None else \
-                kept.to(device=parameter.device, dtype=parameter.dtype) * (1 - beta1)
+            weight = torch.ones_like(parameter)  # same device, dtype and memory format (channels_last)
+            if kept is not None:
+                weight.copy_(kept)
+            weight.mul_(1 - beta1)
             self._lerp_weights[parameter] = weight
         return weight
 
