@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import signal
+import subprocess
 import tempfile
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -20,6 +21,23 @@ from lottery.tracking_client import (IDS_FILE, METRICS_PER_BATCH, PARAMS_PER_BAT
                                      sqlite_path)
 
 logger = logging.getLogger(__name__)
+
+
+def git_state(directory: Path) -> dict[str, str]:
+    """Commit and dirtiness of the repository holding `directory`; empty when git is unavailable."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True,
+                                text=True, timeout=5)
+        if commit.returncode != 0:
+            return {}
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=directory,
+                                capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    state = {"git_commit": commit.stdout.strip(), "mlflow.source.git.commit": commit.stdout.strip()}
+    if status.returncode == 0:
+        state["git_dirty"] = str(bool(status.stdout.strip())).lower()
+    return state
 
 
 def serve(inbox_fd: int, outbox_fd: int) -> None:
@@ -121,6 +139,8 @@ class _Store:
         """Re-attach to the key's run in tracking.json, or create it; then log tags and new params."""
         if parent_key in self.runs:
             tags = {**tags, "mlflow.parentRunId": self.runs[parent_key]}
+        if key == PARENT_KEY:  # here, not in training: two git calls cost the first level ~9 ms
+            tags = {**git_state(Path(__file__).resolve().parent), **tags}
         tags = {k: str(v)[:TAG_VALUE_LIMIT] for k, v in tags.items()}
         run = self._existing_run(self.saved["runs"].get(key))
         if run is None:

@@ -64,23 +64,6 @@ def sqlite_path(uri: str) -> Optional[Path]:
     return Path(uri[len("sqlite:///"):].split("?", 1)[0]) if uri.startswith("sqlite:///") else None
 
 
-def git_state(directory: Path) -> dict[str, str]:
-    """Commit and dirtiness of the repository holding `directory`; empty when git is unavailable."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True,
-                                text=True, timeout=5)
-        if commit.returncode != 0:
-            return {}
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=directory,
-                                capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    state = {"git_commit": commit.stdout.strip(), "mlflow.source.git.commit": commit.stdout.strip()}
-    if status.returncode == 0:
-        state["git_dirty"] = str(bool(status.stdout.strip())).lower()
-    return state
-
-
 def param_value(value: Any) -> str:
     """A config value as an MLflow param: JSON for containers, at most 6000 characters."""
     text = json.dumps(value) if isinstance(value, (list, dict, tuple)) else str(value)
@@ -179,8 +162,7 @@ class MlflowTracker(Tracker):
     def parent(self, name: str, tags: dict[str, str], params: dict[str, Any]) -> RunHandle:
         if self._parent is None:
             base = {"exp": self.config.exp, "config_hash": config_hash(self.config), "seed": str(self.config.seed),
-                    "command": self.command, "run_dir": str(self.run_dir.resolve()),
-                    **git_state(Path(__file__).resolve().parent)}
+                    "command": self.command, "run_dir": str(self.run_dir.resolve())}
             self._parent = self._handle(PARENT_KEY)
             self._send("attach", PARENT_KEY, name, {**base, **tags}, flat_params(params), None)
         return self._parent

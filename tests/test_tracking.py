@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 from lottery.config import Config, config_hash, flatten
 from lottery.io import read_json
 from lottery.tracker import Tracker, make_tracker
-from lottery.tracking_client import DEFAULT_URI, PARAM_VALUE_LIMIT, MlflowRunHandle, MlflowTracker, git_state, param_value, \
+from lottery.tracking import git_state
+from lottery.tracking_client import DEFAULT_URI, PARAM_VALUE_LIMIT, MlflowRunHandle, MlflowTracker, param_value, \
     resolve_uri
 from tests.conftest_mlflow import (artifact_paths, clean_http_env, free_port, history, metric_steps,  # noqa: F401
                                    runs_by_name, sqlite_uri, tiny_tracked_config)
