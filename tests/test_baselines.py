@@ -57,3 +57,20 @@ def test_coreset_baseline_trains_a_smaller_network(tmp_path):
     assert 0.3 < rows[0]["density"] < 0.7
     assert run_baselines(config, ["coreset"], [0.5]) == rows  # resumed from its stored row
     assert rows[0]["final_test_acc"] > 0.25
+
+
+def test_isometry_switch_lowers_the_isometry_error_and_keeps_the_mask(tmp_path):
+    from lottery.baselines import prune_model
+    from lottery.pruning.isometry import isometry_error
+
+    plain, isometric = tiny_config(tmp_path), tiny_config(tmp_path, **{"prune.isometry": True})
+    dataset = tiny_dataset(plain)
+    results, errors = [], []
+    for config in (plain, isometric):
+        model = tiny_model(config, dataset)
+        result = prune_model(config, dataset, model, "magnitude", density=0.3)
+        result.mask.apply(model)  # a no-op after isometry: pruned entries are already 0
+        results.append(result)
+        errors.append(isometry_error(model, result.mask))
+    assert results[0].mask.equals(results[1].mask)
+    assert errors[1] < 0.5 * errors[0]

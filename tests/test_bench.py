@@ -192,7 +192,8 @@ def test_tracking_overhead_entry_arithmetic():
     result = tracking_entry(tracked, bare)
     assert result.name == "tracking.digits" and result.goal == Goal("<=", 2.0)
     assert result.details["percent_per_level"] == pytest.approx([2.0, 0.0, 0.0, 4.0])
-    assert result.value == pytest.approx(1.0)  # median over pairs and levels
+    assert result.details["percent_per_pair"] == pytest.approx([1.0, 2.0])
+    assert result.value == pytest.approx(1.5)  # median over pairs of the levels' total time
     assert result.details["percent_per_run"] == pytest.approx([20.0, 10.0])
     assert result.details["calls_percent"] == pytest.approx(3.0)
     assert result.details["tail_seconds_tracked"] == pytest.approx(0.27)
@@ -203,7 +204,7 @@ def test_quick_tracking_overhead_runs_real_tracked_and_untracked_tickets():
     (result,) = tracking_overhead.run(quick=True)
     details = result.details
     assert details["pairs"] == 1 and details["levels_per_run"] == 2  # level 0 and one pruned level
-    assert len(details["percent_per_level"]) == 2 and len(details["percent_per_run"]) == 1
+    assert len(details["percent_per_level"]) == 2 and len(details["percent_per_pair"]) == 1
     assert details["calls_seconds_per_level"] > 0  # the tracker's methods were timed on this thread
     assert details["helper_cpu_seconds_per_run"] > 0  # and its helper process did run
     assert math.isfinite(result.value)

@@ -116,3 +116,21 @@ def test_iterative_synflow_hits_the_exact_density_and_keeps_the_model():
     kept, total = result.mask.counts()
     assert kept == round(total / 10)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_synflow_defaults_to_100_exponential_rounds(monkeypatch):
+    densities = []
+    original = SynFlow.__call__
+
+    def counting(self, mask, *args, **kwargs):
+        densities.append(mask.density())  # the density each round scores from
+        return original(self, mask, *args, **kwargs)
+
+    monkeypatch.setattr(SynFlow, "__call__", counting)
+    result = prune(conv_chain(), "synflow", compression=2.0, input_shape=(3, 8, 8))
+    assert len(densities) == 100
+    assert densities[0] == 1.0
+    for step in (25, 50, 75):  # round k+1 starts from density 10^(-2k/100)
+        assert densities[step] == pytest.approx(10 ** (-2 * step / 100), rel=0.02)
+    kept, total = result.mask.counts()
+    assert kept == round(total / 100)
