@@ -163,9 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     from lottery.data import DataError
     from lottery.io import RunLockedError
 
+    finished = False
     try:
         distributed.init_from_environment()
-        return dispatch(args, argv) or 0
+        code = dispatch(args, argv) or 0
+        finished = True
+        return code
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_CONFIG
@@ -176,4 +179,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_NOT_IMPLEMENTED
     finally:
-        distributed.shutdown()
+        distributed.shutdown(synchronize=finished)

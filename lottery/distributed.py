@@ -28,9 +28,14 @@ def init_from_environment(device_setting: str = "auto") -> None:
     logger.info("rank %d of %d joined (%s)", dist.get_rank(), dist.get_world_size(), dist.get_backend())
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(synchronize: bool = False) -> None:
+    """Leave the process group. After a clean run, wait for every rank first: a rank tearing gloo down
+    while a peer is still finishing its run has aborted at exit ("terminate called ...")."""
+    if not dist.is_initialized():
+        return
+    if synchronize:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def rank_and_world() -> tuple[int, int]:
