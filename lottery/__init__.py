@@ -1,9 +1,7 @@
-"""lottery: lottery tickets and pruning at initialisation, tracked in MLflow and searched with Optuna."""
+"""lottery: lottery tickets and pruning at initialisation, tracked in MLflow and searched with Optuna.
 
-import os
-
-# Idle OpenMP threads spin by default; on a busy CPU that makes small steps 20-100x slower.
-# Set before torch is first imported (an explicit user setting wins).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+Importing the package does nothing but define the version: no environment variable is changed and
+nothing heavy is imported. The layout, and what may import what, is in docs/extending.md.
+"""
 
 __version__ = "0.1.0"

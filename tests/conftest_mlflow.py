@@ -17,8 +17,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from lottery.config import Config, DataConfig, ModelConfig, TrainConfig, set_dotted
-from lottery.experiment import write_config
-from lottery.io import write_json
+from lottery.run.context import write_config
+from lottery.run.layout import RunLayout, StageRef
+from lottery.run.files import write_json
 from lottery.pruning.mask import Mask
 
 LAYERS = {"features.0.weight": (16, 64), "features.2.weight": (16, 16), "output.weight": (10, 16)}
@@ -55,10 +56,12 @@ def _mask(density: float, collapse: str | None = None) -> Mask:
     return Mask(tensors)
 
 
-def _stage(directory: Path, row: dict, mask: Mask, steps=(10, 20, 30), offset: float = 0.0) -> dict:
+def _stage(run_dir: Path, relative: str, row: dict, mask: Mask, steps=(10, 20, 30), offset: float = 0.0) -> dict:
+    directory = run_dir / relative
     directory.mkdir(parents=True, exist_ok=True)
     mask.save(directory / "mask.pt")
-    row = {**row, "density": mask.density(), "layers": {k: v["density"] for k, v in mask.layer_report().items()},
+    ref = StageRef.from_relative(relative)
+    row = {**row, "stage": ref.key, "kind": ref.kind, "density": mask.density(), "layers": {k: v["density"] for k, v in mask.layer_report().items()},
            "collapsed": mask.collapsed()}
     records = history(steps, offset)
     row.update(final_test_acc=records[-1]["test_acc"], best_test_acc=max(r["test_acc"] for r in records),
@@ -72,26 +75,22 @@ def make_run_dir(root: Path, config: Config, levels: int = 3, branches: bool = T
                  dense: bool = True) -> Path:
     """A finished run directory written directly: no training, the same files the pipeline writes."""
     run_dir = root / "run"
-    write_config(run_dir, config)
-    rows = [_stage(run_dir / f"level_{level:02d}", {"level": level}, _mask(0.8 ** level), offset=-0.01 * level)
+    write_config(RunLayout.at(run_dir), config)
+    rows = [_stage(run_dir, f"level_{level:02d}", {"level": level}, _mask(0.8 ** level), offset=-0.01 * level)
             for level in range(levels)]
-    write_json(run_dir / "results.json", rows)
     if dense:
-        _stage(run_dir / "dense", {"level": "dense"}, _mask(1.0), offset=0.02)
+        rows.append(_stage(run_dir, "dense", {"level": "dense"}, _mask(1.0), offset=0.02))
     if branches:
-        branch_rows = [_stage(run_dir / "branches" / "reinit" / f"level_{level:02d}",
-                              {"level": level, "branch": "reinit"}, _mask(0.8 ** level), offset=-0.05 * level)
-                       for level in range(1, levels)]
-        write_json(run_dir / "branches" / "reinit" / "results.json", branch_rows)
+        rows += [_stage(run_dir, f"branches/reinit/level_{level:02d}", {"level": level, "branch": "reinit"},
+                        _mask(0.8 ** level), offset=-0.05 * level) for level in range(1, levels)]
     if baselines:
-        base_rows = []
         for method in ("snip", "random"):
             for density in (0.8, 0.64):
-                directory = run_dir / "baselines" / "init" / method / f"density_{density:.6f}"
+                relative = f"baselines/init/{method}/density_{density:.6f}"
                 collapse = "features.2.weight" if method == "random" and density == 0.64 else None
-                base_rows.append(_stage(directory, {"level": None, "method": method, "at": "init"},
-                                        _mask(density, collapse), offset=-0.1))
-        write_json(run_dir / "baselines" / "results.json", base_rows)
+                rows.append(_stage(run_dir, relative, {"level": None, "method": method, "at": "init"},
+                                   _mask(density, collapse), offset=-0.1))
+    write_json(run_dir / "results.json", {"rows": rows})
     return run_dir
 
 

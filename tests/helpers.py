@@ -29,3 +29,10 @@ def tiny_dataset(config: Config | None = None):
 
 def tiny_model(config: Config, dataset):
     return build_model(config.model, dataset.input_shape, dataset.num_classes, config.seed)
+
+
+def run_dir_of(config: Config):
+    """The config's run directory, as the layout names it."""
+    from lottery.run.layout import RunLayout
+
+    return RunLayout.of(config).run_dir

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import yaml
 
-from lottery.search_request import Runner, SearchRequest
-from lottery.search_space import load_space, search_config
+from lottery.search.request import Runner, SearchRequest
+from lottery.search.space import load_space, search_config
 from tests.helpers import tiny_config
 
 FRACTION_SPACE = {"params": {"prune.fraction": {"type": "float", "low": 0.1, "high": 0.5}}}
@@ -41,7 +41,8 @@ class FakeRunner:
         for level in range(config.ticket.levels + 1):
             acc = self.accuracy(call, level, config)
             record["levels"].append(level)
-            on_row({"level": level, "density": (1 - config.prune.fraction) ** level, "best_test_acc": acc,
+            on_row({"stage": f"level_{level:02d}", "level": level, "density": (1 - config.prune.fraction) ** level,
+                    "best_test_acc": acc,
                     "final_test_acc": acc - 0.01})
 
     def history(self, config, row) -> list[dict]:

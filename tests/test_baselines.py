@@ -1,37 +1,65 @@
-import json
-
 import pytest
 import torch
 
-from lottery.baselines import default_densities, parse_floats, run_baselines, stage_name
 from lottery.cli import main
 from lottery.config import ConfigError
-from lottery.io import torch_load
+from lottery.pruning.isometry import isometry_error
 from lottery.pruning.mask import Mask
-from lottery.ticket import run_ticket
+from lottery.run.files import read_json, torch_load
+from lottery.run.layout import RunLayout, StageRef
+from lottery.workflows.baselines import (method_folder, parse_densities, run_baselines, ticket_densities)
+from lottery.workflows.ticket import run_ticket
 from tests.helpers import tiny_config, tiny_dataset, tiny_model
 
 
-def test_baselines_cover_every_method_at_the_ticket_densities(tmp_path):
+def test_baselines_cover_every_method_at_the_ticket_densities_exactly(tmp_path):
     config = tiny_config(tmp_path, **{"ticket.levels": 2, "train.steps": "30it", "data.val_size": 64})
+    model = tiny_model(config, tiny_dataset(config))
+    predicted = ticket_densities(config, model)  # known before any level trains
     ticket = run_ticket(config)
-    densities = default_densities(config, ticket.run_dir)
-    assert densities == [row["density"] for row in ticket.rows[1:]]
+    assert predicted == [row["density"] for row in ticket.rows[1:]]
     methods = ["synflow", "snip", "grasp", "magnitude", "random"]
     rows = run_baselines(config, methods)
-    requested = [(m, d) for m in methods for d in densities]
+    requested = [(m, d) for m in methods for d in predicted]
     assert [row["method"] for row in rows] == [m for m, _ in requested]
-    assert json.loads((ticket.run_dir / "baselines" / "results.json").read_text()) == rows
-    model = tiny_model(config, tiny_dataset(config))
-    total = sum(t.numel() for _, t in Mask.ones(model).items())
+    layout = RunLayout.of(config)
     for row, (method, density) in zip(rows, requested):
         assert set(ticket.rows[0]) - {"level"} <= set(row)
-        assert abs(row["density"] - density) <= 1 / total  # exact counts, up to rounding
-        stage = ticket.run_dir / "baselines" / "init" / stage_name(method, density)
+        assert row["density"] == density  # the level's density exactly, not up to rounding
+        stage = layout.directory(StageRef.for_baseline(method, density, "init"))
         mask = Mask.load(stage / "mask.pt", model)
         final = torch_load(stage / "final.pt")
         for name, keep in mask.items():
             assert torch.count_nonzero(final[name][~keep]) == 0
+
+
+def test_results_json_accumulates_rows_keyed_by_stage(tmp_path):
+    config = tiny_config(tmp_path, **{"ticket.levels": 1, "train.steps": "20it"})
+    run_ticket(config)
+    first = run_baselines(config, ["magnitude"])
+    second = run_baselines(config, ["random"])
+    rows = read_json(RunLayout.of(config).results_file)["rows"]
+    stages = [row["stage"] for row in rows]
+    assert stages == ["level_00", "level_01", first[0]["stage"], second[0]["stage"]]
+    assert len(set(stages)) == len(stages)
+    run_baselines(config, ["magnitude"])  # a finished stage: skipped, its row not duplicated
+    assert [row["stage"] for row in read_json(RunLayout.of(config).results_file)["rows"]] == stages
+
+
+def test_a_baseline_setting_gets_its_own_folder_and_is_honoured(tmp_path):
+    base = tiny_config(tmp_path, **{"ticket.levels": 1, "train.steps": "20it"})
+    changed = tiny_config(tmp_path, **{"ticket.levels": 1, "train.steps": "20it", "baseline.rounds": 3})
+    assert RunLayout.of(base).run_dir == RunLayout.of(changed).run_dir  # the ticket's run directory stays
+    assert method_folder(base, "synflow") == "synflow"
+    assert method_folder(changed, "synflow").startswith("synflow-")
+    assert method_folder(tiny_config(tmp_path, **{"baseline.rounds": 100}), "synflow") == "synflow"  # its default
+    one = run_baselines(base, ["synflow"], [0.2])[0]
+    three = run_baselines(changed, ["synflow"], [0.2])[0]
+    assert one["stage"] != three["stage"]
+    model = tiny_model(base, tiny_dataset(base))
+    layout = RunLayout.of(base)
+    masks = [Mask.load(layout.directory(StageRef.from_key(row["stage"])) / "mask.pt", model) for row in (one, three)]
+    assert not masks[0].equals(masks[1])  # 100 rounds and 3 rounds choose different weights
 
 
 def test_baselines_at_rewind_start_from_theta_k(tmp_path):
@@ -39,14 +67,17 @@ def test_baselines_at_rewind_start_from_theta_k(tmp_path):
     rows = run_baselines(config, ["magnitude"], [0.5], at="rewind")
     assert rows[0]["method"] == "magnitude" and rows[0]["at"] == "rewind"
     assert rows[0]["density"] == pytest.approx(0.5, abs=1e-3)
+    assert RunLayout.of(config).rewind_file.exists()
 
 
-def test_bad_methods_and_densities_exit_2(tmp_path, capsys):
+def test_bad_methods_and_densities_exit_2_and_write_nothing(tmp_path, capsys):
     assert main(["baselines", "--exp", "digits", "--methods", "snip,obd", f"run.root={tmp_path}"]) == 2
     assert "--methods" in capsys.readouterr().err
+    assert main(["baselines", "--exp", "digits", "--methods", "", f"run.root={tmp_path}"]) == 2
+    assert "no method given" in capsys.readouterr().err
     with pytest.raises(ConfigError):
-        parse_floats("0.5,2", "--densities")
-    assert parse_floats("0.5,0.25", "--densities") == [0.5, 0.25]
+        parse_densities("0.5,2")
+    assert parse_densities("0.5,0.25") == [0.5, 0.25]
     assert list(tmp_path.iterdir()) == []
 
 
@@ -60,17 +91,17 @@ def test_coreset_baseline_trains_a_smaller_network(tmp_path):
 
 
 def test_isometry_switch_lowers_the_isometry_error_and_keeps_the_mask(tmp_path):
-    from lottery.baselines import prune_model
-    from lottery.pruning.isometry import isometry_error
-
-    plain, isometric = tiny_config(tmp_path), tiny_config(tmp_path, **{"prune.isometry": True})
-    dataset = tiny_dataset(plain)
-    results, errors = [], []
+    """With no training steps, final.pt holds the starting weights: the isometric ones when the switch is on."""
+    plain = tiny_config(tmp_path / "plain", **{"train.steps": "0it", "ticket.levels": 1})
+    isometric = tiny_config(tmp_path / "iso", **{"train.steps": "0it", "ticket.levels": 1, "baseline.isometry": True})
+    model = tiny_model(plain, tiny_dataset(plain))
+    masks, errors = [], []
     for config in (plain, isometric):
-        model = tiny_model(config, dataset)
-        result = prune_model(config, dataset, model, "magnitude", density=0.3)
-        result.mask.apply(model)  # a no-op after isometry: pruned entries are already 0
-        results.append(result)
-        errors.append(isometry_error(model, result.mask))
-    assert results[0].mask.equals(results[1].mask)
+        row = run_baselines(config, ["magnitude"], [0.3])[0]
+        stage = RunLayout.of(config).directory(StageRef.from_key(row["stage"]))
+        mask = Mask.load(stage / "mask.pt", model)
+        model.load_state_dict(torch_load(stage / "final.pt"))
+        masks.append(mask)
+        errors.append(isometry_error(model, mask))
+    assert masks[0].equals(masks[1])
     assert errors[1] < 0.5 * errors[0]

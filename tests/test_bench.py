@@ -10,7 +10,8 @@ import math
 import pytest
 import torch
 
-from lottery.bench import BENCHMARKS, format_table, select
+from lottery.errors import ConfigError
+from lottery.benchmarks.registry import BENCHMARKS, format_table, select
 from lottery.benchmarks.mask_storage import bits_per_weight, entropy_bits
 from lottery.benchmarks.masking import MaskingCase, contenders, random_mask
 from lottery.benchmarks import tracking_overhead
@@ -21,7 +22,7 @@ from lottery.benchmarks.tracking_overhead import RunTime
 from lottery.benchmarks.tracking_overhead import entry as tracking_entry
 from lottery.cli import main
 from lottery.pruning.masked_adam import MaskedAdam
-from lottery.tracking_client import MlflowTracker
+from lottery.tracking.client import MlflowTracker
 
 
 class FakeClock:
@@ -98,7 +99,7 @@ def test_goals_and_entries():
 def test_select_keeps_registry_order_and_names_unknown_benchmarks():
     assert select(None) == list(BENCHMARKS)
     assert select("mask_storage, masking") == ["masking", "mask_storage"]
-    with pytest.raises(ValueError, match="nope.*valid: masking"):
+    with pytest.raises(ConfigError, match="nope.*valid: masking"):
         select("masking,nope")
 
 

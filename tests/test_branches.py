@@ -1,13 +1,17 @@
-import json
-
 import pytest
 import torch
 
-from lottery.branches import parse_levels, run_branch
+from types import SimpleNamespace
+
 from lottery.config import ConfigError
-from lottery.io import torch_load
+from lottery.errors import NotFoundError
+from lottery.run.context import step_plan
+from lottery.run.layout import RunLayout
+from lottery.workflows.branches import BranchStage, parse_levels, run_branch
+from lottery.run.files import torch_load
+from lottery.run.results import rows_of
 from lottery.pruning.mask import Mask
-from lottery.ticket import run_ticket
+from lottery.workflows.ticket import run_ticket
 from tests.helpers import tiny_config, tiny_dataset, tiny_model
 
 ROW_KEYS = {"level", "density", "compression", "layers", "final_test_acc", "best_test_acc", "early_stop_step",
@@ -35,7 +39,8 @@ def test_branch_rows_match_ticket_rows(ticket, name):
     config, outcome = ticket
     rows = run_branch(config, name, [1, 2])
     branch_dir = outcome.run_dir / "branches" / name
-    assert json.loads((branch_dir / "results.json").read_text()) == rows
+    stored = {row["stage"]: row for row in rows_of(RunLayout.of(config), "branch")}
+    assert [stored[row["stage"]] for row in rows] == rows
     model = tiny_model(config, tiny_dataset(config))
     for row, ticket_row in zip(rows, outcome.rows[1:]):
         assert ROW_KEYS <= set(row) and row["branch"] == name
@@ -61,15 +66,26 @@ def test_invert_keeps_the_smallest_trained_weights(ticket):
         assert trained[name][keep].abs().max() <= trained[name][~keep].abs().min()
 
 
-def test_reinit_starts_from_new_weights(ticket, monkeypatch):
-    from lottery import branches
-
+def test_reinit_starts_from_new_weights_and_the_others_from_theta_k(ticket):
     config, outcome = ticket
-    reinit = branches.start_weights("reinit", config, tiny_dataset(config), outcome.run_dir)
-    rewind = torch_load(outcome.run_dir / "rewind.pt")
-    assert all(not torch.equal(reinit[k], rewind[k]) for k in rewind if k.endswith("weight"))
+    layout = RunLayout.of(config)
+    run = SimpleNamespace(layout=layout, config=config, plan=step_plan(config, tiny_dataset(config)))
+    rewind = torch_load(layout.rewind_file)
+    starts = {}
+    for name in ("reinit", "shuffle"):
+        model = tiny_model(config, tiny_dataset(config))
+        mask = Mask.load(layout.level_dir(1) / "mask.pt", model)
+        BranchStage(name, 1).prepare(run, model, mask)
+        starts[name] = model.state_dict()
+    assert all(not torch.equal(starts["reinit"][k], rewind[k]) for k in rewind if k.endswith("weight"))
+    assert all(torch.equal(starts["shuffle"][k], rewind[k]) for k in rewind)
 
 
-def test_branch_without_ticket_run_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="lottery ticket"):
+def test_branch_without_ticket_run_or_levels_is_a_clear_error_and_writes_nothing(tmp_path, ticket):
+    with pytest.raises(NotFoundError, match="lottery ticket"):
         run_branch(tiny_config(tmp_path), "shuffle", [1])
+    assert not (tmp_path / "runs").exists()
+    config, outcome = ticket
+    with pytest.raises(ConfigError, match="levels \\[9\\].*finished levels: 0, 1, 2"):
+        run_branch(config, "shuffle", [9])
+    assert not (outcome.run_dir / "branches" / "shuffle" / "level_09").exists()

@@ -4,14 +4,15 @@ import yaml
 
 from lottery.cli import main
 from lottery.config import (
-    EXPERIMENTS_DIR, Config, ConfigError, config_hash, flatten, from_yaml, load_config, to_yaml,
+    Config, ConfigError, config_hash, experiment_path, flatten, from_yaml, known_experiments, load_config, to_yaml,
 )
+from lottery.workflows.preflight import check_names
 
 CONTRACT_KEYS = [
     "seed", "model.name", "data.name", "data.path", "data.root", "data.download", "data.subset", "data.val_size",
     "train.steps", "train.batch_size", "train.optimizer", "train.lr", "train.momentum", "train.weight_decay",
     "train.milestones", "train.gamma", "train.warmup", "train.eval_every", "train.device",
-    "prune.method", "prune.fraction", "prune.scope", "prune.layer_rates", "prune.ignore",
+    "prune.fraction", "prune.scope", "prune.layer_rates", "prune.ignore", "baseline.method", "baseline.rounds",
     "ticket.levels", "ticket.rewind_step", "track.enabled", "track.uri", "run.root",
 ]
 
@@ -33,11 +34,12 @@ def test_defaults(monkeypatch):
     assert Config().data.root == "/somewhere"
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml")))
+@pytest.mark.parametrize("name", known_experiments())
 def test_every_experiment_loads_and_says_where_it_comes_from(name):
     config = load_config(name)
+    check_names(config)
     assert config.exp == name
-    first_line = (EXPERIMENTS_DIR / f"{name}.yaml").read_text().splitlines()[0]
+    first_line = experiment_path(name).read_text().splitlines()[0]
     assert first_line.startswith("#")
 
 
@@ -81,7 +83,7 @@ BAD_CASES = [
     ("ticket.rewind_step=x", "ticket.rewind_step"),
     ("prune.fraction=1.5", "prune.fraction"),
     ("prune.fraction=0", "prune.fraction"),
-    ("prune.density=2", "prune.density"),
+    ("baseline.density=2", "baseline.density"),
     ("model.name=resnet21", "model.name"),
     ("data.name=imagenet22k", "data.name"),
     ("train.optimizer=rmsprop", "train.optimizer"),
@@ -102,11 +104,14 @@ def test_bad_config_exits_2_names_key_and_writes_nothing(override, key, tmp_path
 
 def test_unknown_names_list_the_valid_ones():
     with pytest.raises(ConfigError) as error:
-        load_config("digits", ["model.name=resnet21"])
+        check_names(load_config("digits", ["model.name=resnet21"]))
     assert "resnet20" in str(error.value) and "lenet" in str(error.value)
     with pytest.raises(ConfigError) as error:
-        load_config("digits", ["data.name=imagenet22k"])
+        check_names(load_config("digits", ["data.name=imagenet22k"]))
     assert "mnist" in str(error.value) and "digits" in str(error.value)
+    with pytest.raises(ConfigError) as error:
+        check_names(load_config("digits", ["baseline.method=snap"]))
+    assert "synflow" in str(error.value) and "coreset" in str(error.value)
 
 
 def test_missing_required_field_names_key_and_file(tmp_path, monkeypatch, capsys):
@@ -141,6 +146,20 @@ def test_hash_ignores_what_does_not_change_the_computation():
     assert config_hash(load_config("digits", ["seed=5", "ticket.levels=9", "track.enabled=false"])) == config_hash(base)
     assert config_hash(load_config("digits", ["train.lr=0.5"])) != config_hash(base)
     assert config_hash(load_config("digits", ["prune.fraction=0.3"])) != config_hash(base)
+
+
+def test_baseline_settings_never_move_the_run_directory():
+    """The ticket never reads baseline.*: changing one keeps the ticket's run directory (the other side, that a
+    baseline honours the change in a folder of its own, is tests/test_baselines.py)."""
+    base = load_config("digits")
+    for override in ("baseline.rounds=7", "baseline.method=snip", "baseline.samples_per_class=3",
+                     "baseline.isometry=true", "baseline.grasp_temperature=50", "baseline.schedule=linear"):
+        assert config_hash(load_config("digits", [override])) == config_hash(base), override
+
+
+def test_the_ticket_keys_that_moved_are_refused_by_name():
+    with pytest.raises(ConfigError, match="prune.method.*unknown key.*prune.fraction"):
+        load_config("digits", ["prune.method=synflow"])
 
 
 def test_on_off_words_survive_yaml():

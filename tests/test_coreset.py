@@ -8,11 +8,12 @@ import torch
 from lottery.config import Config, DataConfig, ModelConfig, TrainConfig
 from lottery.data import load_dataset
 from lottery.models import build_model
-from lottery.pruning.coreset import (CoresetOptions, coreset_prune, count_flops, count_parameters, count_weights,
+from lottery.models.flops import forward_flops
+from lottery.pruning.coreset import (CoresetOptions, coreset_prune, count_parameters, count_weights,
                                      fraction_for_density, neuron_sites, prune_neurons, sample_neurons,
                                      sensitivity_bounds)
 from lottery.pruning.mvee import MveeError, caratheodory, centered_mvee, khachiyan, mvee
-from lottery.train import TrainJob, train
+from lottery.training.loop import TrainJob, train
 
 
 def _rotation(angle: float) -> np.ndarray:
@@ -153,8 +154,8 @@ def test_parameters_and_flops_drop_as_the_layer_sizes_say():
         == (150, 150, 50, 50)
     assert result.params_before == 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10 == count_parameters(model)
     assert result.params_after == 784 * 150 + 150 + 150 * 50 + 50 + 50 * 10 + 10 == count_parameters(pruned)
-    assert result.flops_before == 784 * 300 + 300 * 100 + 100 * 10
-    assert result.flops_after == 784 * 150 + 150 * 50 + 50 * 10 == count_flops(pruned, (1, 28, 28))
+    assert result.flops_before == 2 * (784 * 300 + 300 * 100 + 100 * 10)  # FLOPs: 2 per multiply-add
+    assert result.flops_after == 2 * (784 * 150 + 150 * 50 + 50 * 10) == forward_flops(pruned, (1, 28, 28))
     assert all(torch.equal(value, model.state_dict()[name]) for name, value in before.items()), "input untouched"
     kept = result.kept["fc1"]
     assert torch.equal(pruned.fc1.weight, model.fc1.weight[kept])
@@ -203,14 +204,14 @@ def test_coreset_prune_hook_meets_a_weight_density(tmp_path):
     config = Config(model=ModelConfig(name="lenet_300_100"), data=DataConfig(name="synthetic", root="unused"))
     dataset = load_dataset(config.data, seed=0, device="cpu")
     model = build_model(config.model, dataset.input_shape, dataset.num_classes, 0)
-    smaller = coreset_prune(config, dataset, model, density=0.3)
+    smaller = coreset_prune(model, dataset.input_shape, 0, density=0.3)
     assert count_weights(smaller) / count_weights(model) == pytest.approx(0.3, abs=0.01)
-    again = coreset_prune(config, dataset, model, density=0.3)
+    again = coreset_prune(model, dataset.input_shape, 0, density=0.3)
     assert all(torch.equal(a, b) for a, b in zip(smaller.state_dict().values(), again.state_dict().values()))
     assert fraction_for_density(model, 1.0) == pytest.approx(1.0)
-    assert coreset_prune(config, dataset, model, keep_fraction=0.25).fc1.out_features == 75
+    assert coreset_prune(model, dataset.input_shape, 0, keep_fraction=0.25).fc1.out_features == 75
     with pytest.raises(ValueError, match="exactly one"):
-        coreset_prune(config, dataset, model)
+        coreset_prune(model, dataset.input_shape, 0)
     with pytest.raises(ValueError, match="keep_fraction"):
         prune_neurons(model, 1.5, dataset.input_shape)
     with pytest.raises(ValueError, match="layer structure of ResNet"):

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from lottery.config import DataConfig
+from lottery.errors import ConfigError
 from lottery.data import DataError, Dataset, dataset_names, is_dataset_name, load_dataset
 
 
@@ -76,7 +77,7 @@ def test_test_subset_limits_only_the_test_split():
 
 
 def test_val_size_must_be_smaller_than_train():
-    with pytest.raises(DataError, match="val_size=100.*100 training examples"):
+    with pytest.raises(ConfigError, match="data.val_size.*100 must be smaller than the 100 training examples"):
         load_dataset(DataConfig(name="synthetic", subset=100, val_size=100))
 
 

@@ -2,9 +2,10 @@ import torch
 from torch import nn
 
 from lottery.config import TrainConfig
-from lottery.device import (
+from lottery.models.flops import forward_flops
+from lottery.training.device import (
     SMALL_STEP_FLOPS, cpu_threads, resolve_amp, resolve_channels_last, resolve_cpu_threads, resolve_cudnn_benchmark,
-    resolve_fast_path, select_device, step_flops,
+    resolve_fast_path, select_device,
 )
 
 CPU = torch.device("cpu")
@@ -52,11 +53,11 @@ def test_fast_path_is_recorded_as_params():
     assert params["fast_path.device"] == "cpu"
 
 
-def test_step_flops_counts_one_batch_and_leaves_the_model_as_it_was():
+def test_forward_flops_counts_one_batch_and_leaves_the_model_as_it_was():
     model = nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 3))
     model.train()
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    assert step_flops(model, (10,), batch_size=4) == 4 * 2 * (10 * 5 + 5 * 3)
+    assert forward_flops(model, (10,), batch_size=4) == 4 * 2 * (10 * 5 + 5 * 3)
     assert model.training
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
     assert all(parameter.grad is None for parameter in model.parameters())

@@ -1,5 +1,4 @@
 """DDP on CPU: torchrun with the gloo backend and 2 processes, against a 1-process run."""
-import json
 import os
 import subprocess
 import sys
@@ -10,10 +9,10 @@ import torch
 import yaml
 
 from lottery.config import to_dict
-from lottery.experiment import run_directory
-from lottery.io import torch_load
+from tests.helpers import run_dir_of
+from lottery.run.files import read_json, torch_load
 from lottery.pruning.mask import Mask
-from lottery.ticket import run_ticket
+from lottery.workflows.ticket import run_ticket
 from tests.helpers import tiny_config, tiny_dataset, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,8 +50,8 @@ def test_two_process_gloo_ticket_matches_one_process(tmp_path):
     assert "rank 1 of 2 joined (gloo)" in completed.stderr
 
     single = run_ticket(_config(tmp_path / "single"))
-    ddp_dir = run_directory(ddp_config)
-    ddp_rows = json.loads((ddp_dir / "results.json").read_text())
+    ddp_dir = run_dir_of(ddp_config)
+    ddp_rows = read_json(ddp_dir / "results.json")["rows"]
     assert len(ddp_rows) == len(single.rows) == 3
     model = tiny_model(ddp_config, tiny_dataset(ddp_config))
     for ddp_row, row in zip(ddp_rows, single.rows):
@@ -77,13 +76,13 @@ class _Interrupt(Exception):
 def test_ddp_resumes_a_level_from_a_checkpoint(tmp_path, monkeypatch):
     # Leave a mid-level checkpoint of level 1 behind (one process, interrupted in-process), then let
     # two gloo ranks resume it: they must load it, finish, and agree with an uninterrupted run.
-    import lottery.levels as levels
+    import lottery.run.stage as levels
 
     config = _config(tmp_path / "resume")
     original = levels.TrainJob
 
     def interrupted_job(**kwargs):
-        if kwargs["checkpoint_tag"] == "level_01":
+        if kwargs["checkpoint_tag"] == "level_01":  # level 1's training
             def stop(step):
                 if step == 25:
                     raise _Interrupt
@@ -94,12 +93,12 @@ def test_ddp_resumes_a_level_from_a_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(_Interrupt):
         run_ticket(config)
     monkeypatch.setattr(levels, "TrainJob", original)
-    run_dir = run_directory(config)
-    assert torch_load(run_dir / "checkpoint.pt")["tag"] == "level_01"
+    run_dir = run_dir_of(config)
+    assert torch_load(run_dir / "level_01" / "checkpoint.pt")["tag"] == "level_01"
 
     completed = _torchrun_ticket(config, tmp_path)
     assert completed.stderr.count("resumed level_01 at step 20") == 2  # both ranks loaded it
-    rows = json.loads((run_dir / "results.json").read_text())
+    rows = read_json(run_dir / "results.json")["rows"]
     single = run_ticket(_config(tmp_path / "single"))
     for row, reference in zip(rows, single.rows):
         assert row["density"] == reference["density"]

@@ -5,12 +5,12 @@ import torch
 
 from lottery.cli import main
 from lottery.config import ModelConfig
-from lottery.export import (SparseLinear, export_level, export_state, load_exported, masked_state,
+from lottery.workflows.export import (SparseLinear, export_level, export_state, load_exported, masked_state,
                             sparse_inference_model)
-from lottery.io import torch_load
+from lottery.run.files import torch_load
 from lottery.models import build_model
 from lottery.pruning.mask import Mask, MaskError
-from lottery.ticket import run_ticket
+from lottery.workflows.ticket import run_ticket
 from tests.helpers import tiny_config, tiny_dataset, tiny_model
 
 

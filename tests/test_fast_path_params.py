@@ -1,6 +1,6 @@
 from mlflow.tracking import MlflowClient
 
-from lottery.ticket import run_ticket
+from lottery.workflows.ticket import run_ticket
 from tests.helpers import tiny_config
 
 

@@ -7,15 +7,15 @@ import yaml
 from lottery.cli import main
 from lottery.config import Config, ConfigError, DataConfig, ModelConfig, TrainConfig, set_dotted, to_dict
 from lottery.data import load_dataset
-from lottery.device import resolve_fast_path
-from lottery.experiment import run_directory
-from lottery.instability import (InstabilityOptions, error_barrier, interpolate, parse_rewind_steps,
+from lottery.training.device import resolve_fast_path
+from tests.helpers import run_dir_of
+from lottery.workflows.instability import (InstabilityOptions, error_barrier, interpolate, parse_rewind_steps,
                                  run_instability)
-from lottery.io import torch_load
+from lottery.run.files import read_json, torch_load
 from lottery.models import build_model
 from lottery.pruning.mask import Mask
-from lottery.ticket import run_ticket
-from lottery.train import TrainJob, evaluate, train
+from lottery.workflows.ticket import run_ticket
+from lottery.training.loop import TrainJob, evaluate, train
 
 
 def digits_config(tmp_path, **overrides) -> Config:
@@ -73,7 +73,7 @@ def test_identical_copies_have_zero_barrier_and_a_flat_curve(tmp_path):
         assert len(row["test_error"]) == 30
         assert row["barrier"] == pytest.approx(0.0, abs=1e-12)
         assert max(row["test_error"]) - min(row["test_error"]) == pytest.approx(0.0, abs=1e-12)
-    copy_dir = run_directory(config) / "instability" / "dense" / "k_0000010"
+    copy_dir = run_dir_of(config) / "instability" / "dense" / "k_0000010"
     copy_a, copy_b = torch_load(copy_dir / "copy_a.pt"), torch_load(copy_dir / "copy_b.pt")
     assert all(torch.equal(copy_a[name], copy_b[name]) for name in copy_a)
 
@@ -81,7 +81,7 @@ def test_identical_copies_have_zero_barrier_and_a_flat_curve(tmp_path):
 def test_different_data_orders_give_a_curve_with_true_endpoints_and_all_outputs(tmp_path):
     config = digits_config(tmp_path)
     rows = run_instability(config, "0,10it,1ep")
-    run_dir = run_directory(config)
+    run_dir = run_dir_of(config)
     out_dir = run_dir / "instability" / "dense"
     for row in rows:
         step_dir = out_dir / f"k_{row['rewind_step']:07d}"
@@ -94,15 +94,15 @@ def test_different_data_orders_give_a_curve_with_true_endpoints_and_all_outputs(
         assert row["seeds"] == [config.seed, config.seed + 1]
     for name in ("curves.json", "results.json", "results.md", "barrier_vs_rewind.png", "error_vs_alpha.png"):
         assert (out_dir / name).stat().st_size > 0, name
-    table = json.loads((out_dir / "results.json").read_text())
+    table = read_json(out_dir / "results.json")["rows"]
     assert [row["rewind"] for row in table] == ["0it", "10it", "1ep"]
-    assert "| 1ep | 23 |" in (out_dir / "results.md").read_text()
+    assert "| 1ep | 23 |" in " ".join((out_dir / "results.md").read_text().split())
 
 
 def test_rewind_snapshot_equals_training_straight_to_k(tmp_path):
     config = digits_config(tmp_path)
     run_instability(config, "7it,12it", options=InstabilityOptions(points=2))
-    run_dir = run_directory(config)
+    run_dir = run_dir_of(config)
     dataset = load_dataset(config.data, seed=config.seed, device="cpu")
     model = build_model(config.model, dataset.input_shape, dataset.num_classes, config.seed)
     model.load_state_dict(torch_load(run_dir / "init.pt"))
@@ -115,7 +115,7 @@ def test_rewind_snapshot_equals_training_straight_to_k(tmp_path):
 def test_level_mask_is_applied_and_reruns_reuse_outputs(tmp_path, monkeypatch):
     config = digits_config(tmp_path, **{"ticket.rewind_step": "5it"})
     run_ticket(config)
-    run_dir = run_directory(config)
+    run_dir = run_dir_of(config)
     rows = run_instability(config, "5it", level=1, options=InstabilityOptions(points=5))
     mask = Mask.load(run_dir / "level_01" / "mask.pt")
     assert rows[0]["density"] == pytest.approx(mask.density()) and rows[0]["density"] < 1
@@ -130,7 +130,7 @@ def test_level_mask_is_applied_and_reruns_reuse_outputs(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a rerun must not train again")
 
-    monkeypatch.setattr("lottery.instability.train", refuse)
+    monkeypatch.setattr("lottery.workflows.instability.train", refuse)
     again = run_instability(config, "5it", level=1, options=InstabilityOptions(points=5))
     assert again[0]["test_error"] == rows[0]["test_error"]
 

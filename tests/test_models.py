@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 from lottery.config import ModelConfig
-from lottery.models import (CifarResNet, CifarVGG, ConvNet, LeNet, build_model, is_model_name, model_names,
-                            output_layer_name, weighted_layer_names)
+from lottery.models import CifarResNet, CifarVGG, ConvNet, LeNet, build_model, is_model_name, model_names
+from lottery.pruning.mask import prunable_parameters
 
 OWN_MODELS = ["lenet_300_100", "lenet_10", "conv2", "conv4", "conv6", "resnet20", "resnet32", "vgg11", "vgg13",
               "vgg16", "vgg19"]
@@ -51,7 +51,7 @@ def test_lenet_300_100_has_the_lth_parameter_count_and_readable_names():
     assert count(model) == 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10 == 266_610
     assert [name for name, _ in model.named_parameters()] == [
         "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "out.weight", "out.bias"]
-    assert output_layer_name(model) == "out"
+    assert list(prunable_parameters(model, ignore=["output"])) == ["fc1.weight", "fc2.weight"]
 
 
 def test_lenet_input_size_follows_the_data():
@@ -102,7 +102,7 @@ def test_resnet_width_option_scales_every_stage():
 
 def test_resnet110_has_110_weighted_layers_plus_two_shortcuts():
     model = build("resnet110")
-    names = weighted_layer_names(model)
+    names = list(prunable_parameters(model))
     main_path = [name for name in names if ".shortcut." not in name]
     assert len(main_path) == 110 and len(names) == 112
     assert count(model) == resnet_param_count(110)
@@ -152,7 +152,7 @@ def test_vgg_width_option_scales_channels():
 def test_torchvision_models_build_without_weights_for_the_class_count():
     model = build("tv.resnet18", classes=7)
     assert type(model).__name__ == "ResNet" and model.fc.out_features == 7
-    assert output_layer_name(model) == "fc"
+    assert list(prunable_parameters(model))[-1] == "fc.weight"  # "output" is the last prunable weight
     assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 7)
 
 

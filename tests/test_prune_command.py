@@ -9,7 +9,7 @@ from lottery.pruning.mask import Mask
 @pytest.mark.parametrize("method", ["magnitude", "random", "snip", "grasp", "synflow"])
 def test_prune_json_is_one_object_with_the_contract_keys(method, capsys):
     assert main(["prune", "--exp", "digits", "--method", method, "--density", "0.1", "--json",
-                 "data.subset=600", "prune.rounds=5"]) == 0
+                 "data.subset=600", "baseline.rounds=5"]) == 0
     out = capsys.readouterr().out.strip()
     report = json.loads(out)  # fails if anything else is printed
     assert set(report) == {"method", "density", "compression", "layers", "collapsed"}
@@ -44,8 +44,18 @@ def test_collapsed_layers_are_reported(capsys):
 def test_critical_compression_json(capsys):
     assert main(["prune", "--exp", "digits", "--method", "magnitude", "--critical", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert set(report) == {"method", "critical_compression"}
+    assert set(report) == {"method", "critical_compression", "density", "precision", "probes"}
     assert 0.5 < report["critical_compression"] < 5
+    assert 0 < report["precision"] <= 0.05
+    probes = [probe["compression"] for probe in report["probes"]]
+    assert len(set(probes)) == len(probes) and all(probe > 0 for probe in probes)  # no probe at density 1
+    assert report["critical_compression"] == max(p["compression"] for p in report["probes"] if not p["collapsed"])
+
+
+def test_coreset_is_a_prune_method_and_reports_the_smaller_network(capsys):
+    assert main(["prune", "--exp", "digits", "--method", "coreset", "--density", "0.5", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["structured"] and 0.4 < report["density"] < 0.6
 
 
 def test_prune_needs_a_target_and_a_valid_density(capsys):

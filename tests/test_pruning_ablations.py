@@ -4,9 +4,10 @@ import torch
 from torch import nn
 
 from lottery.pruning.ablations import invert_scores, random_same_layerwise, reinitialize, shuffle_within_layers
+from lottery.models import initialize
 from lottery.pruning.isometry import approximate_isometry, isometry_error
 from lottery.pruning.mask import Mask
-from lottery.pruning.prune import mask_from_scores, prune
+from lottery.pruning.prune import PruneSpec, mask_from_scores, prune
 from lottery.pruning.scores import magnitude
 
 
@@ -17,7 +18,7 @@ def net() -> nn.Module:
 
 
 def pruned_mask(model, density=0.3) -> Mask:
-    return prune(model, "magnitude", density=density).mask
+    return prune(model, PruneSpec("magnitude"), density=density).mask
 
 
 def _counts(mask):
@@ -49,7 +50,7 @@ def test_reinitialize_draws_new_weights_and_keeps_the_mask():
     mask.apply(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     rng = torch.get_rng_state()
-    reinitialize(model, mask, 7)
+    reinitialize(model, mask, lambda m: initialize(m, "kaiming_normal", 7))
     assert torch.equal(rng, torch.get_rng_state())
     for name, parameter in model.named_parameters():
         assert not torch.equal(parameter, before[name]), name
@@ -57,7 +58,7 @@ def test_reinitialize_draws_new_weights_and_keeps_the_mask():
             assert torch.all(parameter[~mask[name]] == 0)
             assert torch.all(parameter[mask[name]] != 0)
     again = net()
-    reinitialize(again, mask, 7)
+    reinitialize(again, mask, lambda m: initialize(m, "kaiming_normal", 7))
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))
 
     calls = []

@@ -5,7 +5,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from lottery.pruning.mask import Mask
-from lottery.pruning.prune import prune
+from lottery.pruning.prune import PruneSpec, prune
 from lottery.pruning.scores import grasp, hessian_gradient_product
 
 TEMPERATURE = 200.0
@@ -82,7 +82,7 @@ def test_sign_pin_grasp_removes_the_highest_paper_score():
     expected = torch.zeros_like(paper_score, dtype=torch.bool)
     expected[torch.argsort(paper_score)[:keep]] = True
 
-    result = prune(model, "grasp", density=keep / paper_score.numel(), batches=batches)
+    result = prune(model, PruneSpec("grasp"), density=keep / paper_score.numel(), batches=batches)
     kept = torch.cat([result.mask[n].flatten() for n in dense.names])
     assert torch.equal(kept, expected)
 

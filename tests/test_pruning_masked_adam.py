@@ -8,7 +8,7 @@ from torch import nn
 from lottery.config import TrainConfig
 from lottery.pruning.mask import Mask
 from lottery.pruning.masked_adam import MaskedAdam, masked_adam
-from lottery.train import build_optimizer, mask_enforcer
+from lottery.training.loop import build_optimizer, mask_enforcer
 from tests.test_pruning_mask import half_mask, small_net
 
 SETTINGS = {

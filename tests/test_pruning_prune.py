@@ -9,7 +9,7 @@ from torch import nn
 
 from lottery.pruning import selection
 from lottery.pruning.mask import Mask, MaskError
-from lottery.pruning.prune import (critical_compression, mask_from_scores, prune, prune_fraction,
+from lottery.pruning.prune import (PruneSpec, critical_compression, mask_from_scores, prune, prune_fraction,
                                    schedule_density)
 from lottery.pruning.scores import snip
 
@@ -110,7 +110,7 @@ def test_iterative_snip_never_revives_and_hits_the_target(monkeypatch):
         return selection.keep_top(scores, mask, names, count, available)
 
     monkeypatch.setattr(prune_module, "keep_top", recording)
-    result = prune(model, "snip", density=0.05, batches=data(), rounds=5)
+    result = prune(model, PruneSpec("snip", rounds=5), density=0.05, batches=data())
     masks.append(result.mask)
     for previous, current in zip(masks, masks[1:]):
         assert all(not bool((current[n] & ~previous[n]).any()) for n in current.names)
@@ -180,14 +180,13 @@ def test_schedules():
 
 def test_prune_accepts_compression_and_reports():
     model = mlp()
-    result = prune(model, "magnitude", compression=1.0)
+    result = prune(model, PruneSpec("magnitude"), compression=1.0)
     assert result.mask.counts()[0] == round(result.mask.counts()[1] / 10)
     assert result.compression == pytest.approx(-math.log10(result.density))
-    assert set(result.summary()) == {"density", "compression", "layers", "collapsed"}
     with pytest.raises(ValueError, match="exactly one"):
-        prune(model, "magnitude", density=0.1, compression=1.0)
+        prune(model, PruneSpec("magnitude"), density=0.1, compression=1.0)
     with pytest.raises(ValueError, match="unknown pruning method"):
-        prune(model, "obd", density=0.1)
+        prune(model, PruneSpec("obd"), density=0.1)
 
 
 def collapsing_net() -> nn.Module:
@@ -203,31 +202,37 @@ def collapsing_net() -> nn.Module:
 def test_collapse_is_detected_and_logged(caplog):
     model = collapsing_net()
     with caplog.at_level(logging.WARNING):
-        result = prune(model, "magnitude", density=100 / 300)
+        result = prune(model, PruneSpec("magnitude"), density=100 / 300)
     assert result.collapsed == ["2.weight"] and result.layers["2.weight"]["kept"] == 0
     assert "2.weight" in caplog.text
-    assert prune(model, "magnitude", density=101 / 300).collapsed == []
+    assert prune(model, PruneSpec("magnitude"), density=101 / 300).collapsed == []
 
 
 def test_critical_compression_bisects_to_the_collapse_boundary():
     model = collapsing_net()
     # Collapse exactly when round(300 * 10^-c) <= 100, i.e. c >= log10(300 / 100.5).
     boundary = math.log10(300 / 100.5)
-    critical = critical_compression(model, "magnitude", tol=0.01)
-    assert boundary - 0.01 <= critical < boundary
-    assert prune(model, "magnitude", compression=critical).collapsed == []
-    assert prune(model, "magnitude", compression=critical + 0.01).collapsed == ["2.weight"]
+    search = critical_compression(model, PruneSpec("magnitude"), tol=0.01)
+    critical = search.compression
+    assert boundary - 0.01 <= critical < boundary <= critical + search.precision
+    assert search.precision <= 0.01
+    assert prune(model, PruneSpec("magnitude"), compression=critical).collapsed == []
+    assert prune(model, PruneSpec("magnitude"), compression=critical + 0.01).collapsed == ["2.weight"]
+    # The reported compression is the last probe that did not collapse; no probe at density 1 or 0; no -0.0.
+    probes = [compression for compression, _ in search.probes]
+    assert critical == max(c for c, collapsed in search.probes if not collapsed)
+    assert all(0 < c < math.log10(300) for c in probes) and len(set(probes)) == len(probes)
 
 
-def test_critical_compression_refuses_a_net_collapsed_from_the_start():
-    model = collapsing_net()
-    with pytest.raises(ValueError, match="already collapses"):
-        critical_compression(model, "magnitude", low=1.0)
+def test_compression_of_a_dense_network_is_zero_not_minus_zero():
+    from lottery.pruning.collapse import compression_of
+
+    assert math.copysign(1.0, compression_of(1.0)) == 1.0 and compression_of(0.0) == math.inf
 
 
 def test_snip_scores_masked_entries_but_selection_ignores_them():
     model = mlp()
-    first = prune(model, "magnitude", density=0.5).mask
+    first = prune(model, PruneSpec("magnitude"), density=0.5).mask
     scores = snip(model, first, data())
     second = mask_from_scores(scores, first, 0.4)
     assert all(not bool((second[n] & ~first[n]).any()) for n in first.names)

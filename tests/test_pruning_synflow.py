@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from lottery.pruning.mask import Mask
-from lottery.pruning.prune import prune
+from lottery.pruning.prune import PruneSpec, prune
 from lottery.pruning.scores import SynFlow, synflow
 
 
@@ -112,7 +112,7 @@ def test_float32_synflow_overflows_on_resnet110():
 def test_iterative_synflow_hits_the_exact_density_and_keeps_the_model():
     model = conv_chain()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    result = prune(model, "synflow", compression=1.0, input_shape=(3, 8, 8), rounds=20)
+    result = prune(model, PruneSpec("synflow", rounds=20), compression=1.0, input_shape=(3, 8, 8))
     kept, total = result.mask.counts()
     assert kept == round(total / 10)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
@@ -127,7 +127,7 @@ def test_synflow_defaults_to_100_exponential_rounds(monkeypatch):
         return original(self, mask, *args, **kwargs)
 
     monkeypatch.setattr(SynFlow, "__call__", counting)
-    result = prune(conv_chain(), "synflow", compression=2.0, input_shape=(3, 8, 8))
+    result = prune(conv_chain(), PruneSpec("synflow"), compression=2.0, input_shape=(3, 8, 8))
     assert len(densities) == 100
     assert densities[0] == 1.0
     for step in (25, 50, 75):  # round k+1 starts from density 10^(-2k/100)

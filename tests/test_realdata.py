@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from lottery.config import load_config
-from lottery.dense import run_dense
-from lottery.ticket import run_ticket
+from lottery.workflows.dense import run_dense
+from lottery.workflows.ticket import run_ticket
 
 
 def _mnist_root() -> str:

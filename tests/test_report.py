@@ -7,9 +7,11 @@ import pytest
 from matplotlib.image import imread
 
 from lottery.cli import main
-from lottery.io import write_json
-from lottery.report import (accuracy_vs_density_figure, build_report, find_stages, format_markdown, load_series,
-                            table_rows)
+from lottery.run.files import write_json
+from lottery.report.figures import accuracy_vs_density_figure
+from lottery.report.run_report import build_report, find_stages, load_series, table_rows
+from lottery.report.tables import OPTIMISTIC_NOTE, series_table
+from lottery.run.files import read_json
 from tests.conftest_mlflow import make_run_dir, tiny_tracked_config
 
 
@@ -46,11 +48,12 @@ def test_table_lists_every_row_with_its_numbers(run_dir):
     level1 = next(row for row in table if row["series"] == "ticket" and row["level"] == 1)
     stored = json.loads((run_dir / "level_01" / "metrics.json").read_text())["row"]
     assert level1["density"] == stored["density"]
-    assert level1["final acc"] == stored["final_test_acc"]
-    assert level1["early-stop step"] == 30
-    text = format_markdown(table)
+    assert level1["final_test_acc"] == stored["final_test_acc"]
+    assert level1["early_stop_step"] == 30
+    text, note = series_table(table).split("\n\n")
+    assert note == OPTIMISTIC_NOTE  # the max-accuracy column is labelled as optimistic
     lines = text.splitlines()
-    assert lines[0].startswith("| series") and "early-stop step" in lines[0]
+    assert lines[0].startswith("| series") and "early-stop acc" in lines[0] and "max acc" in lines[0]
     assert len(lines) == 2 + len(table)
     assert f"{stored['density']:.4f}" in lines[3]
     assert len({len(line) for line in lines}) == 1, "columns are aligned"
@@ -67,7 +70,7 @@ def test_build_report_writes_pngs_table_and_sparsity(run_dir, tmp_path):
         if path.suffix == ".png":
             assert imread(path).shape[0] > 100, path
     assert report.table in (tmp_path / "out" / "report.md").read_text()
-    sparsity = json.loads((tmp_path / "out" / "sparsity.json").read_text())
+    sparsity = read_json(tmp_path / "out" / "sparsity.json")["stages"]
     assert sparsity["baseline/init/random/density_0.640000"]["collapsed"] == ["features.2.weight"]
     assert sparsity["baseline/init/random/density_0.640000"]["layers"]["features.2.weight"] == 0.0
     assert sparsity["level_00"]["layers"]["output.weight"] == 1.0
@@ -90,11 +93,11 @@ def test_accuracy_vs_density_axes_are_log_and_one_line_per_series(run_dir):
 
 def test_results_json_alone_is_enough_for_the_table(tmp_path):
     run_dir = tmp_path / "only_results"
-    write_json(run_dir / "results.json", [
-        {"level": 0, "density": 1.0, "compression": 0.0, "final_test_acc": 0.9, "best_test_acc": 0.91,
-         "early_stop_step": None},
-        {"level": 1, "density": 0.8, "compression": 0.097, "final_test_acc": 0.92, "best_test_acc": 0.93,
-         "early_stop_step": 40}])
+    write_json(run_dir / "results.json", {"rows": [
+        {"stage": "level_00", "kind": "level", "level": 0, "density": 1.0, "compression": 0.0,
+         "final_test_acc": 0.9, "best_test_acc": 0.91, "early_stop_step": None},
+        {"stage": "level_01", "kind": "level", "level": 1, "density": 0.8, "compression": 0.097,
+         "final_test_acc": 0.92, "best_test_acc": 0.93, "early_stop_step": 40}]})
     report = build_report(run_dir)
     assert (run_dir / "report" / "accuracy_vs_density.png").is_file()
     assert "0.9200" in report.table and "| ticket" in report.table

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from lottery.schedule import LRSchedule
+from lottery.training.plan import LRSchedule
 
 
 def test_step_schedule_drops_at_milestones():

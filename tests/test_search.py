@@ -7,7 +7,7 @@ from optuna.trial import TrialState
 
 from lottery.cli import main
 from lottery.config import ConfigError
-from lottery.search import FAILURE_LIMIT, SearchError, make_pruner, run_search
+from lottery.search.engine import FAILURE_LIMIT, SearchError, make_pruner, run_search
 from tests.helpers import tiny_config
 from tests.search_helpers import FakeRunner, make_request
 
@@ -40,7 +40,7 @@ def test_a_single_objective_study_completes_the_requested_trials_and_saves_the_b
     best = json.loads((outcome.directory / "best.json").read_text())
     assert best["number"] == study.best_trial.number and best["values"]["accuracy"] == study.best_value
     assert best["params"]["prune.fraction"] == min(t.params["prune.fraction"] for t in study.get_trials())
-    trials = json.loads((outcome.directory / "trials.json").read_text())
+    trials = json.loads((outcome.directory / "trials.json").read_text())["trials"]
     assert [t["state"] for t in trials] == ["COMPLETE"] * 3
     for plot in ("optimization_history", "intermediate_values", "param_importances"):
         assert (outcome.directory / "plots" / f"{plot}.png").stat().st_size > 1000
@@ -84,8 +84,8 @@ def test_multi_objective_search_saves_the_pareto_front(tmp_path, caplog):
     assert states(study) == [TrialState.COMPLETE] * 5
     assert all(call["levels"] == list(range(call["config"].ticket.levels + 1)) for call in fake.calls)
     assert all(trial.intermediate_values == {} for trial in study.get_trials())
-    pareto = json.loads((outcome.directory / "pareto.json").read_text())
-    points = [t["values"] for t in json.loads((outcome.directory / "trials.json").read_text())]
+    pareto = json.loads((outcome.directory / "pareto.json").read_text())["pareto"]
+    points = [t["values"] for t in json.loads((outcome.directory / "trials.json").read_text())["trials"]]
     assert pareto and sorted(p["number"] for p in pareto) == sorted(t.number for t in study.best_trials)
     for entry in pareto:
         assert set(entry["values"]) == {"accuracy", "density"}

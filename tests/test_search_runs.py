@@ -6,9 +6,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from lottery.io import read_json
-from lottery.search import run_search
-from lottery.search_objective import steps_to_dense
+from lottery.run.files import read_json
+from lottery.search.engine import run_search
+from lottery.search.objective import steps_to_dense
 from tests.search_helpers import make_request
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -34,7 +34,7 @@ def test_ticket_trials_score_steps_to_dense_from_the_level_histories(tmp_path):
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
     for trial in study.get_trials():
         run_dir = Path(trial.user_attrs["run_dir"])
-        results = read_json(run_dir / "results.json")
+        results = read_json(run_dir / "results.json")["rows"]
         assert [row["level"] for row in results] == [0, 1]
         assert results[1]["density"] == pytest.approx(1 - trial.params["prune.fraction"], abs=0.02)
         history = read_json(run_dir / "level_01" / "metrics.json")["history"]
@@ -43,17 +43,18 @@ def test_ticket_trials_score_steps_to_dense_from_the_level_histories(tmp_path):
 
 
 def test_baselines_trials_prune_at_init_to_the_fixed_density(tmp_path):
-    space = {"run": "baselines", "fixed": {"prune.density": 0.3}, "params": {
-        "prune.method": {"type": "categorical", "choices": ["magnitude", "random"]},
-        "prune.rounds": {"type": "int", "low": 1, "high": 4, "when": {"prune.method": "magnitude"}}}}
+    space = {"run": "baselines", "fixed": {"baseline.density": 0.3}, "params": {
+        "baseline.method": {"type": "categorical", "choices": ["magnitude", "random"]},
+        "baseline.rounds": {"type": "int", "low": 1, "high": 4, "when": {"baseline.method": "magnitude"}}}}
     request = make_request(tmp_path, trials=2, space=space, **TINY)
     run_search(request)
     study = optuna.load_study(study_name=request.name, storage=request.storage)
     for trial in study.get_trials():
         assert trial.state == TrialState.COMPLETE
-        assert ("prune.rounds" in trial.params) == (trial.params["prune.method"] == "magnitude")
-        rows = read_json(Path(trial.user_attrs["run_dir"]) / "baselines" / "results.json")
-        assert len(rows) == 1 and rows[0]["method"] == trial.params["prune.method"]
+        assert ("baseline.rounds" in trial.params) == (trial.params["baseline.method"] == "magnitude")
+        rows = [row for row in read_json(Path(trial.user_attrs["run_dir"]) / "results.json")["rows"]
+                if row["method"] == trial.params["baseline.method"] and row.get("stage") in trial.user_attrs["stages"]]
+        assert len(rows) == 1
         assert rows[0]["density"] == pytest.approx(0.3, abs=0.01)
         assert trial.value == rows[0]["best_test_acc"]
 

@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 from lottery.config import ConfigError, load_config
-from lottery.search_objective import directions, scored_row, steps_to_dense, trial_values
-from lottery.search_space import apply_values, load_space, sample, search_config
+from lottery.search.objective import directions, scored_row, steps_to_dense, trial_values
+from lottery.search.space import apply_values, load_space, sample, search_config
 from tests.helpers import tiny_config
 
 SPACES = Path(__file__).resolve().parent.parent / "configs" / "search"
@@ -44,10 +44,10 @@ GOOD = {"params": {"prune.fraction": {"type": "float", "low": 0.1, "high": 0.5}}
     ({"prune.scope": {"type": "categorical", "choices": ["global", "everywhere"]}}, "prune.scope", "'everywhere'"),
     ({"train.optimizer": {"type": "categorical", "choices": [{"a": 1}]}}, "train.optimizer", "choices must be"),
     ({"run.root": {"type": "categorical", "choices": ["a", "b"]}}, "run.root", "cannot be searched"),
-    ({"prune.rounds": {"type": "int", "low": 1, "high": 9, "when": {"prune.method": "synflw"}},
-      "prune.method": {"type": "categorical", "choices": ["synflow", "snip"]}}, "prune.rounds", "must come after"),
-    ({"prune.method": {"type": "categorical", "choices": ["synflow", "snip"]},
-      "prune.rounds": {"type": "int", "low": 1, "high": 9, "when": {"prune.method": "synflw"}}}, "prune.rounds",
+    ({"baseline.rounds": {"type": "int", "low": 1, "high": 9, "when": {"baseline.method": "synflw"}},
+      "baseline.method": {"type": "categorical", "choices": ["synflow", "snip"]}}, "baseline.rounds", "must come after"),
+    ({"baseline.method": {"type": "categorical", "choices": ["synflow", "snip"]},
+      "baseline.rounds": {"type": "int", "low": 1, "high": 9, "when": {"baseline.method": "synflw"}}}, "baseline.rounds",
      "never sampled"),
 ])
 def test_an_invalid_param_is_rejected_naming_the_space_file_and_the_key(tmp_path, params, key, words):
@@ -67,7 +67,7 @@ def test_an_invalid_param_is_rejected_naming_the_space_file_and_the_key(tmp_path
     ({**GOOD, "fixed": {"ticket.levels": "many"}}, "expected int"),
     ({**GOOD, "search": {"objective": "loss"}}, "'loss' is not one of"),
     ({**GOOD, "search": {"heartbeat_seconds": 0}}, "search.heartbeat_seconds"),
-    ({**GOOD, "run": "baselines"}, "needs a fixed prune.density"),
+    ({**GOOD, "run": "baselines"}, "needs a fixed baseline.density"),
 ])
 def test_an_invalid_space_section_is_rejected(tmp_path, content, words):
     with pytest.raises(ConfigError) as caught:
@@ -94,8 +94,8 @@ def fake_suggest(picks: dict):
 
 
 CONDITIONAL = {"params": {
-    "prune.method": {"type": "categorical", "choices": ["magnitude", "synflow"]},
-    "prune.rounds": {"type": "int", "low": 1, "high": 100, "log": True, "when": {"prune.method": "synflow"}},
+    "baseline.method": {"type": "categorical", "choices": ["magnitude", "synflow"]},
+    "baseline.rounds": {"type": "int", "low": 1, "high": 100, "log": True, "when": {"baseline.method": "synflow"}},
     "ticket.rewind_step": {"type": "categorical", "choices": ["0it", "20it"]},
     "train.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
 }}
@@ -109,25 +109,25 @@ def test_sampling_sets_dotted_keys_and_skips_inactive_conditional_params(tmp_pat
         inner = fake_suggest(picks)
         return lambda param: asked.append(param.key) or inner(param)
 
-    trial, values = sample(space, config, recording({"prune.method": "magnitude", "train.lr": 0.01}))
-    assert values == {"prune.method": "magnitude", "ticket.rewind_step": "0it", "train.lr": 0.01}
-    assert "prune.rounds" not in asked
-    assert trial.prune.rounds is None and trial.train.lr == 0.01 and trial.prune.method == "magnitude"
+    trial, values = sample(space, config, recording({"baseline.method": "magnitude", "train.lr": 0.01}))
+    assert values == {"baseline.method": "magnitude", "ticket.rewind_step": "0it", "train.lr": 0.01}
+    assert "baseline.rounds" not in asked
+    assert trial.baseline.rounds is None and trial.train.lr == 0.01 and trial.baseline.method == "magnitude"
     assert config.train.lr == 0.05  # the search config itself is untouched
 
-    trial, values = sample(space, config, fake_suggest({"prune.method": "synflow", "prune.rounds": 17,
+    trial, values = sample(space, config, fake_suggest({"baseline.method": "synflow", "baseline.rounds": 17,
                                                         "ticket.rewind_step": "20it"}))
-    assert values["prune.rounds"] == 17 and trial.prune.rounds == 17 and trial.ticket.rewind_step == "20it"
+    assert values["baseline.rounds"] == 17 and trial.baseline.rounds == 17 and trial.ticket.rewind_step == "20it"
 
 
 def test_conditions_on_fixed_config_values_and_value_lists(tmp_path):
-    content = {"fixed": {"prune.method": "snip"}, "params": {
-        "prune.rounds": {"type": "int", "low": 1, "high": 5, "when": {"prune.method": ["synflow", "snip"]}},
-        "prune.samples_per_class": {"type": "int", "low": 1, "high": 5, "when": {"prune.method": "grasp"}},
+    content = {"fixed": {"baseline.method": "snip"}, "params": {
+        "baseline.rounds": {"type": "int", "low": 1, "high": 5, "when": {"baseline.method": ["synflow", "snip"]}},
+        "baseline.samples_per_class": {"type": "int", "low": 1, "high": 5, "when": {"baseline.method": "grasp"}},
     }}
     space, config = check(tmp_path, content)
-    _, values = sample(space, config, fake_suggest({"prune.rounds": 3}))
-    assert values == {"prune.rounds": 3}
+    _, values = sample(space, config, fake_suggest({"baseline.rounds": 3}))
+    assert values == {"baseline.rounds": 3}
 
 
 def test_fixed_keys_apply_but_the_command_line_wins(tmp_path):
@@ -154,7 +154,7 @@ def test_the_shipped_spaces_are_valid_for_the_shipped_experiments(name, exp):
     trial, values = sample(space, config, fake_suggest({}))
     assert set(values) <= {param.key for param in space.params} and values
     if name == "pai":
-        assert space.runner == "baselines" and trial.prune.density == 0.05
+        assert space.runner == "baselines" and trial.baseline.density == 0.05
     if name == "rewind":
         assert config.search.multi_objective
 

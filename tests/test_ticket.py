@@ -1,4 +1,3 @@
-import json
 import os
 import signal
 import subprocess
@@ -11,12 +10,12 @@ import torch
 import yaml
 
 from lottery.config import to_dict
-from lottery.experiment import run_directory
-from lottery.io import RunLock, torch_load
+from lottery.run.files import read_json, torch_load
+from tests.helpers import run_dir_of
 from lottery.cli import main
 from lottery.pruning.mask import Mask
-from lottery.ticket import run_ticket
-from lottery.train import TrainJob, train
+from lottery.workflows.ticket import run_ticket
+from lottery.training.loop import TrainJob, train
 from tests.helpers import tiny_config, tiny_dataset, tiny_model
 
 ROW_KEYS = {"level", "density", "compression", "layers", "final_test_acc", "best_test_acc", "early_stop_step",
@@ -32,11 +31,12 @@ def test_ticket_levels_reach_the_expected_densities_and_write_every_artefact(tmp
     config = _ticket_config(tmp_path)
     outcome = run_ticket(config)
     run_dir = outcome.run_dir
-    assert run_dir == run_directory(config)
+    assert run_dir == run_dir_of(config)
     for name in ("config.yaml", "init.pt", "rewind.pt", "results.json"):
         assert (run_dir / name).is_file(), name
-    rows = json.loads((run_dir / "results.json").read_text())
+    rows = read_json(run_dir / "results.json")["rows"]
     assert [row["level"] for row in rows] == [0, 1, 2, 3]
+    assert [row["stage"] for row in rows] == ["level_00", "level_01", "level_02", "level_03"]
     dataset = tiny_dataset(config)
     model = tiny_model(config, dataset)
     total = sum(p.numel() for n, p in model.named_parameters() if n.endswith("weight"))
@@ -51,8 +51,8 @@ def test_ticket_levels_reach_the_expected_densities_and_write_every_artefact(tmp
         final = torch_load(level_dir / "final.pt")
         for name, keep in mask.items():
             assert torch.count_nonzero(final[name][~keep]) == 0, "pruned weights must stay exactly zero"
-        assert row["early_stop_step"] in [h["step"] for h in json.loads((level_dir / "metrics.json").read_text())["history"]]
-    assert not (run_dir / "checkpoint.pt").exists()
+        assert row["early_stop_step"] in [h["step"] for h in read_json(level_dir / "metrics.json")["history"]]
+        assert not (level_dir / "checkpoint.pt").exists()
 
 
 def test_masks_are_nested_and_pruned_by_trained_magnitude(tmp_path):
@@ -106,14 +106,20 @@ def test_finished_stages_are_skipped(tmp_path):
     assert len(second.rows) == 3
 
 
-def test_second_process_is_refused(tmp_path, capsys):
-    config = _ticket_config(tmp_path)
-    experiment = tmp_path / "tiny.yaml"
-    experiment.write_text(yaml.safe_dump(to_dict(config)))
-    with RunLock(run_directory(config)):
-        code = main(["ticket", "--exp", str(experiment)])
-    assert code == 1
-    assert "in use by another process" in capsys.readouterr().err
+def test_two_processes_share_a_run_and_train_each_stage_once(tmp_path):
+    """Stages are claimed with their locks: a second launch waits for what the first runs and never repeats it."""
+    config = _ticket_config(tmp_path, **{"train.steps": "300it", "model.name": "lenet_128", "ticket.levels": 2})
+    experiment = _write_experiment(tmp_path, config)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    processes = [subprocess.Popen([sys.executable, "-m", "lottery", "ticket", "--exp", str(experiment)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    trained = [line.split(": density")[0].split()[-1] for out in outputs for line in out.splitlines()
+               if "training steps" in line]
+    assert sorted(trained) == ["level_00", "level_01", "level_02"], outputs
+    config.exp = "tiny"
+    assert [row["level"] for row in read_json(run_dir_of(config) / "results.json")["rows"]] == [0, 1, 2]
 
 
 def _write_experiment(tmp_path, config) -> Path:
@@ -135,8 +141,8 @@ def test_sigkill_mid_level_then_resume_is_bit_identical(tmp_path):
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     config = _ticket_config(killed_root, **settings)
     config.exp = "tiny"
-    run_dir = run_directory(config)
-    checkpoint = run_dir / "checkpoint.pt"
+    run_dir = run_dir_of(config)
+    checkpoint = run_dir / "level_01" / "checkpoint.pt"
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
         # level 0's checkpoint is deleted when it finishes, so this one belongs to level 1
@@ -152,7 +158,7 @@ def test_sigkill_mid_level_then_resume_is_bit_identical(tmp_path):
     clean_config = _ticket_config(clean_root, **settings)
     clean_config.exp = "tiny"
     clean = run_ticket(clean_config)
-    resumed_rows = json.loads((run_dir / "results.json").read_text())
+    resumed_rows = read_json(run_dir / "results.json")["rows"]
     strip = lambda rows: [{k: v for k, v in row.items() if k != "wall_seconds"} for row in rows]  # noqa: E731
     assert strip(resumed_rows) == strip(clean.rows)
     for level in range(3):
@@ -160,7 +166,7 @@ def test_sigkill_mid_level_then_resume_is_bit_identical(tmp_path):
         assert (run_dir / name / "mask.pt").read_bytes() == (clean.run_dir / name / "mask.pt").read_bytes()
         ours, theirs = torch_load(run_dir / name / "final.pt"), torch_load(clean.run_dir / name / "final.pt")
         assert all(torch.equal(ours[k], theirs[k]) for k in ours)
-        history = lambda d: json.loads((d / name / "metrics.json").read_text())["history"]  # noqa: E731
+        history = lambda d: read_json(d / name / "metrics.json")["history"]  # noqa: E731
         assert history(run_dir) == history(clean.run_dir)
 
 

@@ -16,11 +16,12 @@ import pytest
 from matplotlib.figure import Figure
 
 from lottery.config import Config, config_hash, flatten
-from lottery.io import read_json
-from lottery.tracker import Tracker, make_tracker
-from lottery.tracking import git_state
-from lottery.tracking_client import DEFAULT_URI, PARAM_VALUE_LIMIT, MlflowRunHandle, MlflowTracker, param_value, \
-    resolve_uri
+from lottery.run.files import read_json
+from lottery.tracking.base import Tracker
+from lottery.tracking.client import make_tracker
+from lottery.tracking.server import git_state
+from lottery.tracking.client import MlflowRunHandle, MlflowTracker, param_value
+from lottery.tracking.protocol import DEFAULT_URI, PARAM_VALUE_LIMIT, resolve_uri
 from tests.conftest_mlflow import (artifact_paths, clean_http_env, free_port, history, metric_steps,  # noqa: F401
                                    runs_by_name, sqlite_uri, tiny_tracked_config)
 
@@ -142,7 +143,7 @@ def test_a_dead_server_costs_seconds_warns_once_and_never_raises(tmp_path, caplo
 
 
 def test_the_training_process_never_imports_mlflow_nor_the_tracking_process_torch():
-    probe = "import sys, lottery.tracking, lottery.tracking_client; print('mlflow' in sys.modules, 'torch' in sys.modules)"
+    probe = "import sys, lottery.tracking.server, lottery.tracking.protocol; print('mlflow' in sys.modules, 'torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).resolve().parent.parent)
     assert result.stdout.split() == ["False", "False"]
@@ -181,7 +182,7 @@ def test_git_state_reads_the_commit_of_a_repository(tmp_path):
 
 def test_a_ticket_is_mirrored_level_by_level_and_an_interrupted_one_resumes_into_the_same_runs(
         tmp_path, sqlite_uri, monkeypatch):
-    from lottery.ticket import run_ticket
+    from lottery.workflows.ticket import run_ticket
 
     config = tiny_tracked_config(sqlite_uri, "ticket_e2e", **{"data.val_size": 64, "run.root": str(tmp_path / "runs"),
                                                               "ticket.checkpoint_every": "10it"})

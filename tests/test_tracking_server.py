@@ -11,9 +11,9 @@ import pytest
 from matplotlib.figure import Figure
 
 from lottery.config import flatten
-from lottery.io import read_json
-from lottery.sync import sync_run
-from lottery.tracking_client import MlflowTracker
+from lottery.run.files import read_json
+from lottery.tracking.sync import sync_run
+from lottery.tracking.client import MlflowTracker
 from tests.conftest_mlflow import (artifact_paths, clean_http_env, metric_steps, mlflow_server,  # noqa: F401
                                    runs_by_name, tiny_tracked_config)
 
@@ -46,7 +46,7 @@ def test_runs_metrics_and_artefacts_reach_a_real_server(mlflow_server, tmp_path,
 
 def test_a_ticket_run_outlives_the_server_and_sync_fills_the_gap(mlflow_server, tmp_path, caplog, monkeypatch,
                                                                  clean_http_env):
-    from lottery.ticket import run_ticket
+    from lottery.workflows.ticket import run_ticket
 
     config = tiny_tracked_config(mlflow_server.uri, "outage", **{"ticket.levels": 2, "data.val_size": 64,
                                                                  "run.root": str(tmp_path / "runs")})
@@ -70,7 +70,7 @@ def test_a_ticket_run_outlives_the_server_and_sync_fills_the_gap(mlflow_server, 
     assert len(warnings) == 1 and "lottery sync" in warnings[0]
 
     run_dir = outcome.run_dir
-    assert [row["level"] for row in read_json(run_dir / "results.json")] == [0, 1, 2]
+    assert [row["level"] for row in read_json(run_dir / "results.json")["rows"]] == [0, 1, 2]
     for level in range(3):
         assert (run_dir / f"level_{level:02d}" / "DONE").exists()
     before = runs_by_name(mlflow_server.backend, "outage")  # the server's own store, read directly

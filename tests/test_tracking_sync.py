@@ -7,10 +7,11 @@ import pytest
 
 from lottery.cli import main
 from lottery.config import flatten
-from lottery.io import read_json
-from lottery.report import find_stages
-from lottery.sync import sync_run
-from lottery.tracking_client import MlflowTracker, resolve_uri
+from lottery.run.files import read_json
+from lottery.report.run_report import find_stages
+from lottery.tracking.sync import sync_run
+from lottery.tracking.client import MlflowTracker
+from lottery.tracking.protocol import resolve_uri
 from tests.conftest_mlflow import (artifact_paths, clean_http_env, free_port, make_run_dir, metric_steps,  # noqa: F401
                                    runs_by_name, sqlite_uri, tiny_tracked_config)
 
@@ -18,7 +19,7 @@ EXPECTED_RUNS = {"synced", "dense", "level_00", "level_01", "level_02", "reinit 
 
 
 def _baseline_names(run_dir) -> set[str]:
-    return {f"{s.row['method']} d={s.row['density']:.4f}" for s in find_stages(run_dir)
+    return {f"{s.row['method']} d={s.ref.density:.4f}" for s in find_stages(run_dir)
             if s.key.startswith("baseline/")}
 
 
@@ -50,7 +51,7 @@ def test_sync_uploads_every_stage_and_running_it_twice_changes_nothing(tmp_path,
         assert child.data.metrics["density"] == pytest.approx(stage.row["density"])
         assert child.data.metrics["early_stop_step"] == stage.row["early_stop_step"]
     artefacts = artifact_paths(sqlite_uri, parent)
-    assert {"config.yaml", "results.json", "baselines/results.json", "branches/reinit/results.json",
+    assert {"config.yaml", "results.json",
             "masks/level_02/mask.pt", "masks/baselines/init/snip/density_0.800000/mask.pt",
             "figures/accuracy_vs_density.png", "figures/layer_density.png", "figures/accuracy_vs_step_ticket.png",
             "report/report.md", "report/sparsity.json"} <= artefacts

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lottery.train import StepPlan, TrainJob, _progress, build_optimizer, train
+from lottery.training.loop import StepPlan, TrainJob, _progress, build_optimizer, train
 from tests.helpers import tiny_config, tiny_dataset, tiny_model
 
 

@@ -1,5 +1,6 @@
-"""The benchmarks behind `lottery bench`: one module per benchmark, each with `run(quick) -> list[BenchEntry]`.
+"""The benchmarks behind `lottery bench`: one module per benchmark, each with `run(quick) -> list[BenchEntry]`,
+listed in registry.py (the one place to add one). Shared pieces: timing.py (side-by-side, interleaved
+timing with medians) and result.py (BenchEntry and Goal).
 
-Shared pieces: `timing` (side-by-side, interleaved timing with medians) and `result`
-(BenchEntry and Goal). The registry, the table and the JSON live in lottery/bench.py.
+May import anything in the library; never the CLI.
 """

@@ -1,9 +1,9 @@
 """Masking cost: a masked train step divided by a plain PyTorch step, side by side, on CPU.
 
 Copies of the same model train on the same fixed batch, each with its own optimizer (foreach,
-as lottery.train builds them):
+as lottery.training builds them):
 - plain:            forward, backward, optimizer.step(): the hand-written loop;
-- ours:             the masked step lottery.train runs: for Adam/AdamW, MaskedAdam (the mask folded
+- ours:             the masked step lottery.training runs: for Adam/AdamW, MaskedAdam (the mask folded
                     into Adam's first-moment update, no extra pass); for SGD, the step followed by
                     Mask.enforcer's one fused multiply;
 - enforcer:         (Adam cases) torch's Adam, then Mask.enforcer: the generic after-step multiply;
@@ -28,10 +28,11 @@ from torch.nn.utils import prune as torch_prune
 from lottery.benchmarks.result import BenchEntry, Goal
 from lottery.benchmarks.timing import interleaved
 from lottery.config import ModelConfig, TrainConfig
-from lottery.device import cpu_threads, resolve_cpu_threads, step_flops
+from lottery.models.flops import forward_flops
+from lottery.training.device import cpu_threads, resolve_cpu_threads
 from lottery.models import build_model
 from lottery.pruning.mask import Mask
-from lottery.train import build_optimizer, mask_enforcer
+from lottery.training.optimizers import build_optimizer, mask_enforcer
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ def measure(case: MaskingCase) -> list[BenchEntry]:
         "enforcer_from_components": (plain_seconds + enforce_seconds) / plain_seconds,
         "ours": ("MaskedAdam (mask in the first-moment update)" if "enforcer" in contestants.steps
                  else "plain step + Mask.enforcer (one fused _foreach_mul_ after optimizer.step)"),
-        "note": "ours = the masked step lottery.train runs; value = median over rounds of ours/plain wall time "
+        "note": "ours = the masked step lottery.training runs; value = median over rounds of ours/plain wall time "
                 "per step; enforce_seconds = Mask.enforcer alone, cache-hot; cpu_time_ratios (if present) = "
                 "the same race timed on this process's CPU time",
     })]
@@ -203,9 +204,9 @@ def measure(case: MaskingCase) -> list[BenchEntry]:
 def run(quick: bool = False) -> list[BenchEntry]:
     entries: list[BenchEntry] = []
     for case in cases(quick):
-        # The CPU threads lottery.train would pick for this model and batch.
+        # The CPU threads lottery.training would pick for this model and batch.
         model = build_model(ModelConfig(name=case.model), case.input_shape, 10, SEED)
-        threads = resolve_cpu_threads(torch.device("cpu"), step_flops(model, case.input_shape, case.batch_size))
+        threads = resolve_cpu_threads(torch.device("cpu"), forward_flops(model, case.input_shape, case.batch_size))
         with cpu_threads(threads):
             entries.extend(measure(case))
     return entries

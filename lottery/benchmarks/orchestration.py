@@ -5,7 +5,7 @@ its default mid-level checkpoints (ticket.checkpoint_every). For every level aft
 - level time:  from one level's end (run_ticket's on_level callback) to the next's;
 - train time:  train()'s own wall clock (steps and evaluations, the result's wall_seconds);
 - checkpoints: the mid-level checkpoint saves inside train(), timed by wrapping
-               lottery.train._save_checkpoint for the duration of the benchmark;
+               lottery.training.loop._save_checkpoint for the duration of the benchmark;
 - outside:     level time - train time: pruning, mask.pt, final.pt, metrics.json, results.json,
                opening and finishing the level's MLflow run;
 - tail:        after the last level, closing the tracker (waiting for queued MLflow uploads),
@@ -31,10 +31,10 @@ from pathlib import Path
 
 import torch
 
-import lottery.train
+import lottery.training.loop
 from lottery.benchmarks.result import BenchEntry, Goal
 from lottery.config import Config, load_config
-from lottery.ticket import run_ticket
+from lottery.workflows.ticket import run_ticket
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def timed_ticket(config: Config) -> RunTimes:
     """Run the ticket once and split its time as described in the module docstring."""
     level_ends: list[float] = []
     saves: list[tuple[float, float]] = []  # (finished at, seconds)
-    original = lottery.train._save_checkpoint
+    original = lottery.training.loop._save_checkpoint
 
     def timed_save(*args, **kwargs):
         start = time.perf_counter()
@@ -104,7 +104,7 @@ def timed_ticket(config: Config) -> RunTimes:
         finished = time.perf_counter()
         saves.append((finished, finished - start))
 
-    with _replaced(lottery.train, "_save_checkpoint", timed_save), contextlib.redirect_stdout(io.StringIO()):
+    with _replaced(lottery.training.loop, "_save_checkpoint", timed_save), contextlib.redirect_stdout(io.StringIO()):
         start = time.perf_counter()
         outcome = run_ticket(config, "lottery bench", on_level=lambda row: level_ends.append(time.perf_counter()))
         finished = time.perf_counter()

@@ -20,7 +20,7 @@ from lottery.benchmarks.result import BenchEntry, Goal
 from lottery.config import ModelConfig
 from lottery.models import build_model
 from lottery.pruning.mask import prunable_parameters
-from lottery.pruning.prune import prune
+from lottery.pruning.prune import PruneSpec, prune
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +35,8 @@ SEED = 0
 
 def _pruner(model, method: str, batches, input_shape, rounds: int | None = None, density: float = DENSITY):
     def run_once():
-        return prune(model, method, density=density, batches=batches if method != "synflow" else None,
-                     input_shape=input_shape, rounds=rounds)
+        return prune(model, PruneSpec(method, rounds=rounds, seed=SEED), density=density,
+                     batches=batches if method != "synflow" else None, input_shape=input_shape)
 
     return run_once
 

@@ -22,10 +22,10 @@ import torch
 from lottery.benchmarks.result import BenchEntry, Goal
 from lottery.benchmarks.timing import interleaved, load_average
 from lottery.config import ModelConfig
-from lottery.export import export_state, sparse_inference_model
+from lottery.workflows.export import export_state, sparse_inference_model
 from lottery.models import build_model
 from lottery.pruning.mask import Mask
-from lottery.pruning.prune import prune
+from lottery.pruning.prune import PruneSpec, prune
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +43,8 @@ GOALS = {(0.90, 64): Goal(">=", 1.5), (0.95, 64): Goal(">=", 2.0), (0.98, 64): G
 def pruned_models(sparsity: float) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
     """(dense model, sparse inference model, facts) for lenet_300_100 at `sparsity`."""
     model = build_model(ModelConfig(name=MODEL), INPUT_SHAPE, 10, SEED).eval()
-    mask = prune(model, "magnitude", density=1 - sparsity, mask=Mask.ones(model), input_shape=INPUT_SHAPE,
-                 scope="layerwise", seed=SEED).mask
+    mask = prune(model, PruneSpec("magnitude", scope="layerwise", seed=SEED), density=1 - sparsity,
+                 mask=Mask.ones(model), input_shape=INPUT_SHAPE).mask
     state = export_state(model.state_dict(), mask, "dense")
     model.load_state_dict(state)
     sparse = sparse_inference_model(model, export_state(state, mask, "sparse"))

@@ -33,8 +33,8 @@ import torch
 from lottery.benchmarks.result import BenchEntry, Goal
 from lottery.benchmarks.orchestration import EXPERIMENT, digits_config
 from lottery.config import Config
-from lottery.ticket import run_ticket
-from lottery.tracking_client import MlflowRunHandle, MlflowTracker
+from lottery.workflows.ticket import run_ticket
+from lottery.tracking.client import MlflowRunHandle, MlflowTracker
 
 GOAL = Goal("<=", 2.0)
 TRACKER_METHODS = {MlflowTracker: ("__init__", "parent", "child", "flush", "close"),

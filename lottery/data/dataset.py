@@ -13,12 +13,13 @@ import torch
 
 from lottery.data.augment import draw_pad_crop_flip, pad_crop_flip
 from lottery.data.order import cpu_generator, epoch_permutation, shard_bounds
+from lottery.errors import LotteryError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 EVAL_SPLITS = ("test", "val", "train")
 
 
-class DataError(Exception):
+class DataError(LotteryError):
     """Data that cannot be found, read or used. The message says which file or key, and how to fix it."""
 
 

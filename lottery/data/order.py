@@ -5,20 +5,9 @@ Everything here is a pure function of its arguments, so a batch can be rebuilt f
 """
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
-
-def mix_seed(*parts) -> int:
-    """A 63-bit seed from parts such as ("order", seed, epoch).
-
-    Hashing (rather than e.g. seed * 1000 + epoch) keeps distinct part tuples from
-    colliding and keeps the order and augmentation streams independent.
-    """
-    text = "/".join(part if isinstance(part, str) else str(int(part)) for part in parts)
-    digest = hashlib.sha256(text.encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+from lottery.seeds import mix_seed
 
 
 def cpu_generator(*parts) -> torch.Generator:

@@ -13,6 +13,7 @@ import logging
 import torch
 
 from lottery.data.dataset import DataError, Dataset
+from lottery.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -23,10 +24,10 @@ def carve_train(name: str, count: int, subset: int | None, val_size: int) -> tup
         logger.warning("%s: data.subset=%d exceeds the %d training examples; using all of them", name, subset, count)
     kept = count if subset is None else min(subset, count)
     if val_size < 0:
-        raise DataError(f"{name}: data.val_size must be >= 0, got {val_size}")
+        raise ConfigError(f"must be >= 0, got {val_size}", "data.val_size")
     if val_size >= kept:
-        raise DataError(f"{name}: data.val_size={val_size} must be smaller than the {kept} training examples "
-                        f"(after data.subset)")
+        raise ConfigError(f"{val_size} must be smaller than the {kept} training examples of {name} "
+                          f"(after data.subset)", "data.val_size")
     return slice(0, kept - val_size), slice(kept - val_size, kept)
 
 

@@ -5,6 +5,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lottery.models.registry import check_image_shape, register_model
+
 # Pairs of 3x3 convs per block, each block followed by a 2x2 max-pool.
 BLOCK_WIDTHS = {"conv2": [64], "conv4": [64, 128], "conv6": [64, 128, 256]}
 HIDDEN_FC = (256, 256)
@@ -39,3 +41,11 @@ class ConvNet(nn.Module):
         x = F.relu(self.fc1(x.flatten(1)))
         x = F.relu(self.fc2(x))
         return self.out(x)
+
+
+@register_model(r"^(conv2|conv4|conv6)$", ", ".join(BLOCK_WIDTHS))
+def build_convnet(cfg, match, input_shape: tuple[int, ...], num_classes: int) -> ConvNet:
+    check_image_shape(cfg.name, input_shape)
+    # model.width sets the first block's width; later blocks keep the 1:2:4 ratio.
+    widths = [w * cfg.width // 64 for w in BLOCK_WIDTHS[cfg.name]] if cfg.width else BLOCK_WIDTHS[cfg.name]
+    return ConvNet(input_shape, widths, num_classes)

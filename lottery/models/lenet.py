@@ -2,18 +2,11 @@
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 from torch import nn
 
-NAME_PATTERN = re.compile(r"^lenet((?:_[1-9]\d*)+)$")
-
-
-def parse_lenet_name(name: str) -> list[int] | None:
-    """'lenet_300_100' -> [300, 100]; None when the name is not a LeNet."""
-    match = NAME_PATTERN.match(name)
-    return [int(width) for width in match.group(1).strip("_").split("_")] if match else None
+from lottery.models.registry import refuse_width, register_model
 
 
 class LeNet(nn.Module):
@@ -34,3 +27,9 @@ class LeNet(nn.Module):
         for name in self.hidden_names:
             x = torch.relu(getattr(self, name)(x))
         return self.out(x)
+
+
+@register_model(r"^lenet((?:_[1-9]\d*)+)$", "lenet_<w1>_<w2>... (e.g. lenet_300_100)")
+def build_lenet(cfg, match, input_shape: tuple[int, ...], num_classes: int) -> LeNet:
+    refuse_width(cfg.name, cfg.width)
+    return LeNet(input_shape, [int(width) for width in match.group(1).strip("_").split("_")], num_classes)

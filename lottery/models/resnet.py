@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lottery.models.registry import check_image_shape, register_model
+
 DEPTHS = (20, 32, 44, 56, 110)
 DEFAULT_WIDTH = 16
 
@@ -78,3 +80,10 @@ class CifarResNet(nn.Module):
         x = F.relu(self.bn(self.conv(inputs)))
         x = self.stage3(self.stage2(self.stage1(x)))
         return self.out(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+@register_model(r"^resnet(\d+)$", ", ".join(f"resnet{depth}" for depth in DEPTHS),
+                accepts=lambda match: int(match.group(1)) in DEPTHS)
+def build_resnet(cfg, match, input_shape: tuple[int, ...], num_classes: int) -> CifarResNet:
+    check_image_shape(cfg.name, input_shape)
+    return CifarResNet(input_shape, int(match.group(1)), num_classes, cfg.width or DEFAULT_WIDTH, cfg.batchnorm)

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lottery.models.registry import check_image_shape, register_model
+
 POOL = "M"
 CONFIGS = {
     11: [64, POOL, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512],
@@ -49,3 +51,10 @@ class CifarVGG(nn.Module):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         x = self.features(inputs)
         return self.out(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+@register_model(r"^vgg(\d+)$", ", ".join(f"vgg{depth}" for depth in CONFIGS),
+                accepts=lambda match: int(match.group(1)) in CONFIGS)
+def build_vgg(cfg, match, input_shape: tuple[int, ...], num_classes: int) -> CifarVGG:
+    check_image_shape(cfg.name, input_shape)
+    return CifarVGG(input_shape, int(match.group(1)), num_classes, cfg.width or STANDARD_WIDTH, cfg.batchnorm)

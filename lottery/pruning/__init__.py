@@ -1,16 +1,16 @@
-"""The pruning engine: masks, saliency scores, selection, schedules, layer collapse, ablations, isometry."""
-from lottery.pruning.ablations import invert_scores, random_same_layerwise, reinitialize, shuffle_within_layers
-from lottery.pruning.collapse import compression_of, critical_compression, density_of
-from lottery.pruning.isometry import approximate_isometry, isometry_error
-from lottery.pruning.mask import Mask, MaskError, prunable_parameters
-from lottery.pruning.prune import (PruneResult, make_scorer, mask_from_scores, prune,
-                                   prune_fraction, schedule_density)
-from lottery.pruning.scores import SCORERS, SynFlow, grasp, hessian_gradient_product, magnitude, random, snip, synflow
+"""The pruning engine: the method registry, masks and their file format, saliency scores, exact selection,
+schedules, layer collapse, ablations, approximate isometry, MaskedAdam and coreset neuron pruning.
 
-__all__ = [
-    "Mask", "MaskError", "prunable_parameters", "SCORERS", "SynFlow", "magnitude", "random", "snip", "grasp",
-    "hessian_gradient_product", "synflow", "PruneResult", "mask_from_scores", "prune_fraction", "prune",
-    "make_scorer", "schedule_density", "critical_compression", "compression_of", "density_of",
-    "shuffle_within_layers", "random_same_layerwise", "invert_scores", "reinitialize",
-    "isometry_error", "approximate_isometry",
-]
+May import torch, numpy, lottery.errors and lottery.run.files (atomic writes); never the config, the
+training loop or anything above. Importing this package registers every method (scores.py, coreset.py),
+so `METHODS` is complete wherever it is read. Modules inside the package import each other directly,
+never `lottery.pruning` itself.
+"""
+from lottery.pruning import scores  # noqa: F401,I001 - registration, in the order baselines run by default
+from lottery.pruning import coreset  # noqa: F401,I001
+from lottery.pruning.mask import Mask, MaskError, prunable_parameters
+from lottery.pruning.methods import METHODS, Method, get_method, method_names, register_method
+from lottery.pruning.prune import PruneResult, PruneSpec, critical_compression, prune, prune_fraction
+
+__all__ = ["METHODS", "Mask", "MaskError", "Method", "PruneResult", "PruneSpec", "critical_compression",
+           "get_method", "method_names", "prunable_parameters", "prune", "prune_fraction", "register_method"]

@@ -2,31 +2,32 @@
 
 - shuffle the mask within each layer (same per-layer counts, new positions);
 - a random mask with the same per-layer densities;
-- invert the scores (keep what the method would prune);
+- invert the scores (keep what the method would prune), at given per-layer counts;
 - reinitialise the weights, keeping the mask.
-All randomness comes from a local generator seeded by `seed`: the global RNG is untouched.
+All randomness comes from local generators seeded with lottery.seeds.mix_seed: the global RNG is untouched.
 """
 from __future__ import annotations
 
-import zlib
 from typing import Callable
 
 import torch
 from torch import nn
 
 from lottery.pruning.mask import Mask
+from lottery.pruning.selection import keep_top
+from lottery.seeds import mix_seed
 
 
-def _layer_generator(seed: int, name: str) -> torch.Generator:
-    """One generator per (seed, layer), so a layer's draw does not depend on the other layers."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+def _layer_generator(stream: str, seed: int, name: str) -> torch.Generator:
+    """One generator per (stream, seed, layer), so a layer's draw does not depend on the other layers."""
+    return torch.Generator().manual_seed(mix_seed(stream, seed, name))
 
 
 def shuffle_within_layers(mask: Mask, seed: int) -> Mask:
     """Permute each layer's mask entries at random: same per-layer counts, new positions."""
     shuffled = {}
     for name, flags in mask.items():
-        order = torch.randperm(flags.numel(), generator=_layer_generator(seed, name))
+        order = torch.randperm(flags.numel(), generator=_layer_generator("shuffle", seed, name))
         shuffled[name] = flags.flatten().cpu()[order].reshape(flags.shape).to(flags.device)
     return Mask(shuffled)
 
@@ -36,7 +37,7 @@ def random_same_layerwise(mask: Mask, seed: int) -> Mask:
     drawn = {}
     for name, flags in mask.items():
         kept = int(torch.count_nonzero(flags))
-        chosen = torch.randperm(flags.numel(), generator=_layer_generator(seed + 1, name))[:kept]
+        chosen = torch.randperm(flags.numel(), generator=_layer_generator("random", seed, name))[:kept]
         layer = torch.zeros(flags.numel(), dtype=torch.bool)
         layer[chosen] = True
         drawn[name] = layer.reshape(flags.shape).to(flags.device)
@@ -48,19 +49,19 @@ def invert_scores(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: -score for name, score in scores.items()}
 
 
-def reinitialize(model: nn.Module, mask: Mask, init: Callable[[nn.Module], None] | int) -> None:
-    """New random weights, same mask: `init(model)` re-initialises in place, or an int seed re-runs
-    every module's own reset_parameters under that seed. The mask is applied afterwards.
+def keep_per_layer(scores: dict[str, torch.Tensor], alive: Mask, counts: Mask) -> Mask:
+    """Per layer, the `counts` mask's number of weights among `alive`'s, highest scores first (exact, ties to
+    lower indices), e.g. the inverted ticket: the smallest trained weights at the ticket's layer densities."""
+    kept = {}
+    for name in alive.names:
+        kept.update(keep_top(scores, alive, [name], int(torch.count_nonzero(counts[name]))))
+    return Mask(kept)
+
+
+def reinitialize(model: nn.Module, mask: Mask, init: Callable[[nn.Module], None]) -> None:
+    """New random weights, same mask: `init(model)` re-initialises in place, then the mask is applied.
 
     For this project's models pass e.g. `lambda m: lottery.models.initialize(m, "kaiming_normal", seed)`.
     """
-    if callable(init):
-        init(model)
-    else:
-        devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(int(init))
-            for module in model.modules():
-                if callable(getattr(module, "reset_parameters", None)):
-                    module.reset_parameters()
+    init(model)
     mask.apply(model)

@@ -1,15 +1,15 @@
-"""Layer collapse: a prunable layer with no weight left cuts the network.
+"""Layer collapse and compression: a prunable layer with no weight left cuts the network.
 
-Every prune reports its collapsed layers; `critical_compression` bisects for the largest log10
-compression that still has none (also importable from prune.py).
+Compression c means density 10^-c (SynFlow's convention). Every prune reports its collapsed layers;
+`bisect_critical` searches for the largest compression that still has none (prune.critical_compression
+runs it with a method).
 """
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
 from typing import Callable
-
-from torch import nn
 
 from lottery.pruning.mask import Mask
 
@@ -17,8 +17,8 @@ logger = logging.getLogger(__name__)
 
 
 def compression_of(density: float) -> float:
-    """log10(1 / density): compression c means density 10^-c (the SynFlow convention)."""
-    return math.inf if density <= 0 else -math.log10(density)
+    """log10(1 / density); 0.0 (never -0.0) for a dense network, inf for an empty one."""
+    return math.inf if density <= 0 else -math.log10(density) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
 def density_of(compression: float) -> float:
@@ -34,36 +34,37 @@ def report_collapse(mask: Mask, context: str = "") -> list[str]:
     return collapsed
 
 
-def bisect_critical(collapses: Callable[[float], bool], low: float, high: float, tol: float) -> float:
-    """Largest compression in [low, high] with no collapse, to within `tol`, assuming monotone collapse."""
-    if tol <= 0 or high < low:
-        raise ValueError(f"need low <= high and tol > 0, got low={low}, high={high}, tol={tol}")
-    if collapses(low):
-        raise ValueError(f"the network already collapses at the lowest compression searched ({low})")
-    if not collapses(high):
-        logger.info("no collapse up to compression %.3g (the top of the search range)", high)
-        return high
+@dataclass
+class CriticalSearch:
+    """The outcome of a bisection: the largest compression probed without collapse, and every probe."""
+
+    compression: float  # of the last probe that did not collapse (the lower end of the final bracket)
+    precision: float  # width of the final bracket: the true boundary lies within [compression, + precision)
+    probes: list[tuple[float, bool]] = field(default_factory=list)  # (compression, collapsed), in order
+
+    @property
+    def density(self) -> float:
+        return density_of(self.compression)
+
+
+def bisect_critical(collapses: Callable[[float], bool], low: float, high: float, tol: float) -> CriticalSearch:
+    """Largest compression in [low, high] with no collapse, to within `tol`, assuming monotone collapse.
+
+    `low` is taken as known not to collapse and `high` as known to collapse (the caller picks them so:
+    dense, and one weight left), so neither end costs a probe. Each probe is logged once.
+    """
+    if tol <= 0 or high <= low:
+        raise ValueError(f"need low < high and tol > 0, got low={low}, high={high}, tol={tol}")
+    search = CriticalSearch(low, high - low)
     while high - low > tol:
         middle = (low + high) / 2
-        if collapses(middle):
+        collapsed = bool(collapses(middle))
+        search.probes.append((middle, collapsed))
+        logger.info("probe: compression %.3f (density %.3g): %s", middle, density_of(middle),
+                    "collapse" if collapsed else "no collapse")
+        if collapsed:
             high = middle
         else:
             low = middle
-    return low
-
-
-def critical_compression(model: nn.Module, method, batches=None, input_shape=None, low: float = 0.0,
-                         high: float = 8.0, tol: float = 0.05, **kw) -> float:
-    """The largest log10 compression at which `method` (pruning from scratch each time) collapses no layer.
-
-    Bisection to `tol`; keyword arguments go to `prune` (scope, rounds, schedule, mask, seed, ...).
-    """
-    from lottery.pruning.prune import prune  # prune.py imports this module
-
-    def collapses(compression: float) -> bool:
-        return bool(prune(model, method, compression=compression, batches=batches, input_shape=input_shape,
-                          **kw).collapsed)
-
-    critical = bisect_critical(collapses, low, high, tol)
-    logger.info("critical compression of %s: %.3f", getattr(method, "__name__", method), critical)
-    return critical
+    search.compression, search.precision = low, high - low
+    return search

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from lottery.models.flops import forward_flops
+from lottery.pruning.methods import register_method
 from lottery.pruning.mvee import MveeError, caratheodory, khachiyan, symmetric_outer
 
 logger = logging.getLogger(__name__)
@@ -295,31 +297,6 @@ def count_weights(model: nn.Module) -> int:
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
 
 
-def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of the conv and linear layers for one example."""
-    total = [0]
-
-    def count(module, inputs, output):
-        if isinstance(module, nn.Linear):
-            total[0] += module.in_features * module.out_features
-        else:
-            per_output = module.weight[0].numel()
-            total[0] += output[0].numel() * per_output
-
-    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    parameter = next(model.parameters())
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros((1, *input_shape), device=parameter.device, dtype=parameter.dtype))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return total[0]
-
-
 # -- the method ----------------------------------------------------------------------------------
 
 def prune_neurons(model: nn.Module, keep_fraction: float, input_shape: tuple[int, ...], seed: int = 0,
@@ -335,7 +312,7 @@ def prune_neurons(model: nn.Module, keep_fraction: float, input_shape: tuple[int
         raise ValueError(f"coreset sampling must be one of {', '.join(SAMPLINGS)}, got {options.sampling!r}")
     pruned = copy.deepcopy(model)
     rng = np.random.default_rng(seed)
-    result = CoresetResult(pruned, params_before=count_parameters(model), flops_before=count_flops(model, input_shape))
+    result = CoresetResult(pruned, params_before=count_parameters(model), flops_before=forward_flops(model, input_shape))
     for site in neuron_sites(pruned):
         points = neuron_points(pruned, site)
         units = len(points)
@@ -351,7 +328,7 @@ def prune_neurons(model: nn.Module, keep_fraction: float, input_shape: tuple[int
         result.kept[site.producer] = kept.tolist()
         result.weights[site.producer] = weights.tolist()
     result.params_after = count_parameters(pruned)
-    result.flops_after = count_flops(pruned, input_shape)
+    result.flops_after = forward_flops(pruned, input_shape)
     logger.info("coreset pruning kept %.1f%% of parameters and %.1f%% of FLOPs",
                 100 * result.params_after / result.params_before, 100 * result.flops_after / result.flops_before)
     return result
@@ -384,14 +361,16 @@ def fraction_for_density(model: nn.Module, density: float) -> float:
     return high
 
 
-def coreset_prune(config, dataset, model: nn.Module, keep_fraction: float | None = None,
+@register_method("coreset", "data-free structured pruning: neurons and filters sampled by Löwner-ellipsoid "
+                 "sensitivity and removed physically (Tukan et al. 2022)", structured=True)
+def coreset_prune(model: nn.Module, input_shape: tuple[int, ...], seed: int, keep_fraction: float | None = None,
                   density: float | None = None) -> nn.Module:
-    """The hook for `prune.method: coreset`: the physically smaller model (data-free: `dataset`
-    only supplies the input shape). Give the neuron `keep_fraction`, or a weight `density`."""
+    """The physically smaller model for a neuron `keep_fraction` or a weight `density` (data-free: only the
+    input shape is needed)."""
     if (keep_fraction is None) == (density is None):
         raise ValueError("coreset_prune needs exactly one of keep_fraction and density")
     if keep_fraction is None:
         keep_fraction = fraction_for_density(model, density)
-    result = prune_neurons(model, keep_fraction, tuple(dataset.input_shape), seed=config.seed)
+    result = prune_neurons(model, keep_fraction, tuple(input_shape), seed=seed)
     logger.info("coreset: %s", result.summary())
     return result.model

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lottery.io import atomic_write_bytes
+from lottery.errors import LotteryError
+from lottery.run.files import atomic_write_bytes
 
 OUTPUT = "output"  # the special pattern: the last prunable layer
 PRUNABLE_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
@@ -28,8 +29,8 @@ VERSION = 1
 _PREFIX = struct.Struct("<8sHI")  # magic, version, header length
 
 
-class MaskError(Exception):
-    """A mask that does not fit: bad file, wrong names or shapes."""
+class MaskError(LotteryError):
+    """A mask that does not fit: bad file, wrong names or shapes, a pattern that matches no layer."""
 
 
 def matching_names(names: list[str], patterns: Iterable[str], output_name: str | None, what: str) -> list[str]:

@@ -11,24 +11,45 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Optional
 
 import torch
 from torch import nn
 
-from lottery.pruning.collapse import compression_of, critical_compression, density_of, report_collapse
+from lottery.pruning.collapse import CriticalSearch, bisect_critical, compression_of, density_of, report_collapse
 from lottery.pruning.mask import Mask, MaskError, join_flat
-from lottery.pruning.scores import SCORERS, SynFlow, grasp, infer_input_shape, magnitude, random, snip
+from lottery.pruning.methods import ScoringContext, get_method
+from lottery.pruning.scores import magnitude
 from lottery.pruning.selection import keep_top, layerwise_quotas, rate_overrides, round_half_up
-
-__all__ = ["PruneResult", "mask_from_scores", "prune_fraction", "make_scorer", "schedule_density", "prune",
-           "critical_compression", "target_density"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ROUNDS = {"synflow": 100}
 SCHEDULES = ("exponential", "linear")
 SCOPES = ("global", "layerwise")
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    """How one pruning-at-initialisation run scores and selects: built once from the config."""
+
+    method: str
+    scope: str = "global"
+    rounds: Optional[int] = None  # None: the method's default
+    schedule: str = "exponential"
+    layer_rates: dict = field(default_factory=dict)
+    seed: int = 0
+    temperature: float = 200.0
+
+    @classmethod
+    def from_config(cls, config, method: Optional[str] = None) -> "PruneSpec":
+        """The spec for `method` (default baseline.method) under a lottery Config. Baselines never use
+        prune.layer_rates: those are IMP's per-level rates."""
+        return cls(method=method or config.baseline.method, scope=config.prune.scope, rounds=config.baseline.rounds,
+                   schedule=config.baseline.schedule, seed=config.seed, temperature=config.baseline.grasp_temperature)
+
+    @property
+    def effective_rounds(self) -> int:
+        return self.rounds if self.rounds is not None else get_method(self.method).default_rounds
 
 
 @dataclass
@@ -43,11 +64,6 @@ class PruneResult:
     def of(cls, mask: Mask, context: str = "") -> "PruneResult":
         density = mask.density()
         return cls(mask, density, compression_of(density), mask.layer_report(), report_collapse(mask, context))
-
-    def summary(self) -> dict:
-        """The JSON-ready record: density, compression, per-layer report, collapsed layers."""
-        return {"density": self.density, "compression": self.compression,
-                "layers": self.layers, "collapsed": self.collapsed}
 
 
 def _check_scope(scope: str) -> None:
@@ -64,7 +80,7 @@ def _alive_in(mask: Mask, names: list[str]) -> int:
     return int(torch.count_nonzero(join_flat([mask[name] for name in names]))) if names else 0
 
 
-Group = tuple[list[str], int, int | None]  # layers selected jointly, kept count, alive count if known
+Group = tuple[list[str], int, Optional[int]]  # layers selected jointly, kept count, alive count if known
 
 
 def _select(scores: dict, mask: Mask, groups: list[Group]) -> Mask:
@@ -112,55 +128,70 @@ def mask_from_scores(scores: dict, mask: Mask, density: float, scope: str = "glo
     return _select(scores, mask, groups)
 
 
-def prune_fraction(model: nn.Module, mask: Mask, fraction: float, scope: str = "global",
-                   layer_rates: dict | None = None, scores: dict | None = None) -> PruneResult:
-    """One IMP step: remove round(remaining * fraction) of the remaining weights, lowest |w| first.
+def survivors(remaining: int, rate: float) -> int:
+    """What one IMP step keeps of `remaining` weights pruned at `rate`."""
+    return remaining - round_half_up(remaining * rate)
 
-    Global scope pools all layers without their own rate; layers in `layer_rates` use their rate.
+
+def fraction_groups(names: list[str], alive: dict[str, int], fraction: float, scope: str = "global",
+                    layer_rates: dict | None = None) -> list[tuple[list[str], int]]:
+    """IMP's counting rule: (layers selected jointly, how many of them survive) for one step.
+
+    Layers with their own rate keep survivors(alive, rate) each; the rest keep survivors(alive, fraction)
+    pooled (global) or each (layerwise). It depends only on the alive counts, so the density of every
+    level is known before any level trains (`level_counts`).
     """
     _check_scope(scope)
+    rates = rate_overrides(names, layer_rates)
+    groups = [([name], survivors(alive[name], rate)) for name, rate in rates.items()]
+    rest = [name for name in names if name not in rates]
+    if scope == "global" and rest:
+        groups.append((rest, survivors(sum(alive[name] for name in rest), fraction)))
+    else:
+        groups += [([name], survivors(alive[name], fraction)) for name in rest]
+    return groups
+
+
+def imp_counts(sizes: dict[str, int], fraction: float, scope: str = "global", layer_rates: dict | None = None):
+    """Kept weights at levels 0, 1, 2, ... of IMP from a full mask (an endless generator), by the same rule
+    prune_fraction runs. With global scope the per-layer split depends on the trained weights; the total does not.
+    """
+    names = list(sizes)
+    alive = dict(sizes)
+    yield sum(sizes.values())
+    while True:
+        step = fraction_groups(names, alive, fraction, scope, layer_rates)
+        # Layers pooled with others have unknown individual counts, but the next step only needs their sum.
+        alive = {}
+        for members, count in step:
+            alive.update({name: 0 for name in members})
+            alive[members[0]] = count
+        yield sum(count for _, count in step)
+
+
+def level_counts(sizes: dict[str, int], fraction: float, levels: int, scope: str = "global",
+                 layer_rates: dict | None = None) -> list[int]:
+    """Kept weights at levels 0..levels (see imp_counts)."""
+    counts = imp_counts(sizes, fraction, scope, layer_rates)
+    return [next(counts) for _ in range(levels + 1)]
+
+
+def prune_fraction(model: nn.Module, mask: Mask, fraction: float, scope: str = "global",
+                   layer_rates: dict | None = None, scores: dict | None = None) -> PruneResult:
+    """One IMP step: remove round(remaining * fraction) of the remaining weights, lowest |w| first."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"prune.fraction must be in [0, 1], got {fraction}")
     scores = scores if scores is not None else magnitude(model, mask)
-    rates = rate_overrides(mask.names, layer_rates)
-
-    def survivors(remaining: int, rate: float) -> int:
-        return remaining - round_half_up(remaining * rate)
-
-    groups: list[Group] = [([name], survivors(_alive(mask, name), rate), None) for name, rate in rates.items()]
-    rest = [name for name in mask.names if name not in rates]
-    if scope == "global" and rest:
-        available = _alive_in(mask, rest)
-        groups.append((rest, survivors(available, fraction), available))
-    else:
-        groups += [([name], survivors(_alive(mask, name), fraction), None) for name in rest]
+    alive = {name: _alive(mask, name) for name in mask.names}
+    groups = [(names, count, sum(alive[name] for name in names))
+              for names, count in fraction_groups(mask.names, alive, fraction, scope, layer_rates)]
     return PruneResult.of(_select(scores, mask, groups), f"pruning {fraction:.3g} of the remaining weights")
-
-
-def make_scorer(method: str | Callable, model: nn.Module, batches=None, input_shape=None, seed: int = 0,
-                temperature: float = 200.0) -> Callable[[Mask], dict]:
-    """mask -> scores for `method`, with any per-run preparation (SynFlow's |θ| copy) done once."""
-    if callable(method):
-        return lambda mask: method(model, mask, batches, input_shape=input_shape, seed=seed, temperature=temperature)
-    if method == "synflow":
-        # The loop scores, selects, then rescores: each round's scores may overwrite the last's.
-        return SynFlow(model, infer_input_shape(batches, input_shape, "synflow"), reuse_scores=True)
-    if method == "random":
-        generator = torch.Generator().manual_seed(seed)
-        return lambda mask: random(model, mask, generator=generator)
-    if method == "snip":
-        return lambda mask: snip(model, mask, batches)
-    if method == "grasp":
-        return lambda mask: grasp(model, mask, batches, temperature=temperature)
-    if method == "magnitude":
-        return lambda mask: magnitude(model, mask)
-    raise ValueError(f"unknown pruning method {method!r}; valid: {', '.join(SCORERS)}")
 
 
 def schedule_density(start: float, target: float, step: int, rounds: int, schedule: str = "exponential") -> float:
     """Density after `step` of `rounds`: exponential start·(target/start)^(step/rounds), or linear."""
     if schedule not in SCHEDULES:
-        raise ValueError(f"prune.schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        raise ValueError(f"baseline.schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     if step >= rounds:
         return target
     if schedule == "linear" or target <= 0:
@@ -177,31 +208,57 @@ def target_density(density: float | None, compression: float | None) -> float:
     return value
 
 
-def prune(model: nn.Module, method: str | Callable, density: float | None = None, compression: float | None = None,
-          mask: Mask | None = None, batches=None, input_shape=None, scope: str = "global", rounds: int | None = None,
-          schedule: str = "exponential", layer_rates: dict | None = None, seed: int = 0,
-          temperature: float = 200.0) -> PruneResult:
+def prune(model: nn.Module, spec: PruneSpec, density: float | None = None, compression: float | None = None,
+          mask: Mask | None = None, batches=None, input_shape=None) -> PruneResult:
     """Prune at initialisation to a density (or log10 compression), rescoring with the current mask each round.
 
     The model is not changed: apply `result.mask` to it yourself.
     """
+    method = get_method(spec.method)
+    if method.structured:
+        raise ValueError(f"{spec.method} is structured: it removes whole units and has no mask to select")
     target = target_density(density, compression)
     mask = mask if mask is not None else Mask.ones(model)
     start = mask.density()
     if target > start:
         raise MaskError(f"target density {target:.6g} is above the mask's current density {start:.6g}")
-    rounds = rounds if rounds is not None else DEFAULT_ROUNDS.get(method, 1)
+    rounds = spec.effective_rounds
     if rounds < 1:
-        raise ValueError(f"prune.rounds must be >= 1, got {rounds}")
-    scorer = make_scorer(method, model, batches, input_shape, seed, temperature)
+        raise ValueError(f"baseline.rounds must be >= 1, got {rounds}")
+    scorer = method.make_scorer(ScoringContext(model, batches, input_shape, spec))
     for step in range(1, rounds + 1):
-        mask = mask_from_scores(scorer(mask), mask, schedule_density(start, target, step, rounds, schedule),
-                                scope, layer_rates)
+        mask = mask_from_scores(scorer(mask), mask, schedule_density(start, target, step, rounds, spec.schedule),
+                                spec.scope, spec.layer_rates)
     kept, total = mask.counts()
     if kept != round_half_up(target * total):
         raise MaskError(f"pruning missed its target: kept {kept} of {total}, wanted {round_half_up(target * total)}")
-    name = getattr(method, "__name__", method)
-    result = PruneResult.of(mask, f"{name}, {rounds} round(s)")
-    logger.info("%s: density %.6g (compression %.3f), %d rounds, %s scope", name, result.density,
-                result.compression, rounds, scope)
+    result = PruneResult.of(mask, f"{spec.method}, {rounds} round(s)")
+    logger.info("%s: density %.6g (compression %.3f), %d rounds, %s scope", spec.method, result.density,
+                result.compression, rounds, spec.scope)
     return result
+
+
+def critical_compression(model: nn.Module, spec: PruneSpec, batches=None, input_shape=None,
+                         mask: Mask | None = None, tol: float = 0.05) -> CriticalSearch:
+    """The largest log10 compression at which `spec` (pruning from scratch each time) collapses no layer.
+
+    Bisection between dense (never a collapse) and one weight left (a collapse whenever there are two or
+    more layers), to within `tol`. A single-layer mask cannot collapse short of density 0.
+    """
+    mask = mask if mask is not None else Mask.ones(model)
+    kept, total = mask.counts()
+    if kept < total:
+        raise MaskError("critical compression starts from a full mask")
+    top = compression_of(1 / total)
+    if len(mask) < 2:
+        logger.info("one prunable layer: no collapse before the last weight goes")
+        return CriticalSearch(top, 0.0)
+
+    def collapses(compression: float) -> bool:
+        return bool(prune(model, spec, compression=compression, mask=mask, batches=batches,
+                          input_shape=input_shape).collapsed)
+
+    search = bisect_critical(collapses, 0.0, top, tol)
+    logger.info("critical compression of %s: %.3f (precision %.3f, %d probes)", spec.method, search.compression,
+                search.precision, len(search.probes))
+    return search

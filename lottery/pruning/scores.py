@@ -19,7 +19,7 @@ leaves no trace); train_mode=False uses eval mode. SynFlow always uses eval mode
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from lottery.pruning.mask import Mask, unwrap
+from lottery.pruning.methods import ScoringContext, register_method
 
 Scores = dict[str, torch.Tensor]
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
@@ -248,10 +249,35 @@ def infer_input_shape(batches, input_shape, method: str) -> tuple[int, ...]:
     raise ValueError(f"{method} needs input_shape=(channels, height, width) or batches to read it from")
 
 
-SCORERS: dict[str, Callable[..., Scores]] = {
-    "magnitude": magnitude,
-    "random": random,
-    "snip": snip,
-    "grasp": grasp,
-    "synflow": synflow,
-}
+# -- the registry entries: how each method's scorer is built for one pruning run ----------------------
+# Registration order is the order `lottery baselines` runs them in by default.
+
+@register_method("synflow", "|θ ⊙ ∂R/∂θ|, R the output sum of the |θ| network on an all-ones input (no data)",
+                 default_rounds=100)
+def _synflow(context: ScoringContext):
+    # The loop scores, selects, then rescores: each round's scores may overwrite the last's.
+    return SynFlow(context.model, infer_input_shape(context.batches, context.input_shape, "synflow"),
+                   reuse_scores=True)
+
+
+@register_method("snip", "|g ⊙ θ|, g the loss gradient summed over the pruning batches", needs_data=True,
+                 settings=("samples_per_class",))
+def _snip(context: ScoringContext):
+    return lambda mask: snip(context.model, mask, context.batches)
+
+
+@register_method("grasp", "θ ⊙ Hg kept highest, i.e. the paper's -θ ⊙ Hg removed highest, logits / T",
+                 needs_data=True, settings=("samples_per_class", "grasp_temperature"))
+def _grasp(context: ScoringContext):
+    return lambda mask: grasp(context.model, mask, context.batches, temperature=context.spec.temperature)
+
+
+@register_method("magnitude", "|θ|")
+def _magnitude(context: ScoringContext):
+    return lambda mask: magnitude(context.model, mask)
+
+
+@register_method("random", "uniform random scores (equal expected density in every layer)")
+def _random(context: ScoringContext):
+    generator = torch.Generator().manual_seed(context.spec.seed)
+    return lambda mask: random(context.model, mask, generator=generator)

@@ -1,0 +1,147 @@
+"""The experiment schema: one dataclass per section, with defaults, choices and what the run hash leaves out."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+REQUIRED = "???"
+
+
+@dataclass
+class ModelConfig:
+    name: str = REQUIRED
+    init: str = "kaiming_normal"
+    width: int = 0  # 0 means the architecture's standard width
+    batchnorm: bool = True
+
+
+@dataclass
+class DataConfig:
+    name: str = REQUIRED
+    path: Optional[str] = None
+    root: str = field(default_factory=lambda: os.environ.get("DATA_ROOT", "./data"))
+    download: bool = False
+    subset: Optional[int] = None
+    val_size: int = 0
+    augment: Optional[bool] = None  # None: the dataset's standard choice
+    test_subset: Optional[int] = None
+
+
+@dataclass
+class TrainConfig:
+    steps: str = "1ep"
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    milestones: list[str] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup: str = "0it"
+    schedule: str = "step"
+    eval_every: str = "1ep"
+    eval_batch_size: int = 1000
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: str = "auto"
+    cudnn_benchmark: str = "auto"
+    compile: bool = False
+    progress: str = "auto"
+
+
+@dataclass
+class PruneConfig:
+    """How IMP prunes between levels, and which weights any method may prune."""
+
+    fraction: float = 0.2
+    scope: str = "global"
+    layer_rates: dict[str, float] = field(default_factory=dict)
+    ignore: list[str] = field(default_factory=list)
+    include: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BaselineConfig:
+    """How baselines (pruning at initialisation) score and prune. The ticket never reads these, so they are
+    not part of the run hash; a baseline stage whose settings differ from its method's defaults gets its own
+    folder instead (see lottery/workflows/baselines.py)."""
+
+    method: str = "synflow"  # the one method of `lottery prune` defaults and of a search's `run: baselines`
+    density: Optional[float] = None  # the one density of a search's `run: baselines`
+    rounds: Optional[int] = None  # None: the method's default (SynFlow 100, others 1)
+    schedule: str = "exponential"
+    samples_per_class: int = 10
+    grasp_temperature: float = 200.0
+    isometry: bool = False
+    isometry_steps: int = 100
+
+
+@dataclass
+class TicketConfig:
+    levels: int = 5
+    rewind_step: str = "0it"
+    checkpoint_every: str = "1ep"
+
+
+@dataclass
+class TrackConfig:
+    enabled: bool = True
+    uri: Optional[str] = None
+    experiment: Optional[str] = None
+
+
+@dataclass
+class SearchConfig:
+    objective: str = "accuracy"
+    target_density: Optional[float] = None
+    pruner: str = "median"
+    multi_objective: bool = False
+    heartbeat_seconds: int = 60
+    max_retries: int = 2
+    startup_trials: int = 5  # finished trials before the median pruner starts pruning
+
+
+@dataclass
+class RunConfig:
+    root: str = "./runs"
+
+
+@dataclass
+class Config:
+    exp: str = "default"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    ticket: TicketConfig = field(default_factory=TicketConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    # Where each set value came from ("command line", a file's path): errors name it. Not a config key.
+    _sources: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+
+# Keys that do not change what the run directory's stages compute stay out of the run hash, so that
+# e.g. adding levels or moving the data folder continues the same run.
+UNHASHED_KEYS = (
+    "exp", "seed", "track", "search", "run", "baseline", "data.root", "data.download",
+    "ticket.levels", "ticket.checkpoint_every", "train.device", "train.progress",
+)
+
+CHOICES = {
+    "train.optimizer": ("sgd", "adam", "adamw"),
+    "train.schedule": ("step", "cosine", "constant"),
+    "train.amp": ("auto", "off", "bf16", "fp16"),
+    "train.channels_last": ("auto", "on", "off"),
+    "train.cudnn_benchmark": ("auto", "on", "off"),
+    "train.progress": ("auto", "on", "off"),
+    "prune.scope": ("global", "layerwise"),
+    "baseline.schedule": ("exponential", "linear"),
+    "search.objective": ("accuracy", "steps_to_dense"),
+    "search.pruner": ("median", "hyperband", "none"),
+}
+STEP_KEYS = ("train.steps", "train.warmup", "train.eval_every", "ticket.rewind_step", "ticket.checkpoint_every")

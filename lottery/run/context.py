@@ -1,0 +1,131 @@
+"""The run context: what every stage of one run directory shares (config, layout, data, schedule, tracking).
+
+`open_run` makes one per command and process. Under torchrun only rank 0 writes and tracks.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from torch import nn
+
+from lottery.config import Config, flatten, from_yaml, to_yaml
+from lottery.errors import CorruptFileError, NotFoundError
+from lottery.run import distributed
+from lottery.run.files import read_checked_text, remove_stale_temporaries, torch_load, write_checked_text
+from lottery.run.layout import RunLayout
+from lottery.run.locks import FileLock
+from lottery.tracking.base import RunHandle, Tracker, run_tags
+from lottery.training.device import resolve_fast_path
+from lottery.training.plan import StepPlan
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunContext:
+    config: Config
+    layout: RunLayout
+    dataset: object
+    plan: StepPlan
+    tracker: Tracker
+    parent: RunHandle
+    command: str
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def run_dir(self) -> Path:
+        return self.layout.run_dir
+
+    def new_model(self, seed: Optional[int] = None) -> nn.Module:
+        """The seeded θ0 architecture for this config (the same seed gives the same weights, bit for bit)."""
+        return make_model(self.config, self.dataset, seed)
+
+    def theta0(self) -> dict:
+        return torch_load(self.layout.init_file, what="θ0 file")
+
+    def pruning_batches(self) -> list:
+        """Class-balanced samples (baseline.samples_per_class of every class), as SNIP and GraSP use."""
+        inputs, labels = self.dataset.class_balanced(self.config.baseline.samples_per_class, self.config.seed)
+        return [(inputs, labels)]
+
+
+def load_data(config: Config, device=None):
+    from lottery.data import load_dataset
+
+    return load_dataset(config.data, seed=config.seed, device=device or distributed.device_for(config))
+
+
+def make_model(config: Config, dataset, seed: Optional[int] = None) -> nn.Module:
+    from lottery.models import build_model
+
+    return build_model(config.model, dataset.input_shape, dataset.num_classes, config.seed if seed is None else seed)
+
+
+def step_plan(config: Config, dataset, rank: int = 0, world_size: int = 1) -> StepPlan:
+    batches = dataset.train_batches(config.train.batch_size, config.seed, rank, world_size)
+    return StepPlan.from_config(config.train, batches.iterations_per_epoch)
+
+
+def write_config(layout: RunLayout, config: Config) -> None:
+    """Save the resolved config first, so every run directory says what it is (rewritten only when it changed)."""
+    text = to_yaml(config)
+    with FileLock(layout.lock_file("config")):
+        try:
+            if read_checked_text(layout.config_file) == text:
+                return
+        except (NotFoundError, CorruptFileError):
+            pass
+        write_checked_text(layout.config_file, text)
+
+
+def read_config(run_dir) -> Config:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise NotFoundError(f"{path} not found: is {run_dir} a run directory?")
+    return from_yaml(read_checked_text(path, "config file"), str(path))
+
+
+@contextmanager
+def open_run(config: Config, command: str, dataset=None, tracker: Optional[Tracker] = None):
+    """Write config.yaml, open tracking, yield the RunContext; publish the report and close FINISHED or FAILED.
+
+    Call it only after every check has passed: from here on, files are written.
+    """
+    from lottery.report.run_report import publish
+    from lottery.tracking.client import make_tracker
+
+    rank, world_size = distributed.rank_and_world()
+    dataset = dataset if dataset is not None else load_data(config)
+    layout = RunLayout.of(config)
+    own_tracker = tracker is None
+    if rank == 0:
+        layout.run_dir.mkdir(parents=True, exist_ok=True)
+        for path in remove_stale_temporaries(layout.run_dir):
+            logger.info("removed %s, left by a process that died", path)
+        write_config(layout, config)
+        tracker = tracker or make_tracker(config, layout.run_dir, command=command)
+    tracker = tracker or Tracker()
+    parent = tracker.parent(config.exp, run_tags(config, command), flatten(config))
+    run = RunContext(config, layout, dataset, step_plan(config, dataset, rank, world_size), tracker, parent, command,
+                     rank, world_size)
+    if rank == 0:
+        fast = resolve_fast_path(config.train, run.new_model(), distributed.device_for(config), dataset.input_shape)
+        parent.log_params(fast.as_params())
+    status = "FAILED"
+    try:
+        yield run
+        if rank == 0:
+            publish(layout, tracker, parent)  # figures, masks and the report; never raises
+        status = "FINISHED"
+    finally:
+        if own_tracker:
+            tracker.close(status)

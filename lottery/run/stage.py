@@ -1,0 +1,197 @@
+"""Stages and the one function that runs them.
+
+A stage is deterministic given its inputs, writes its outputs atomically, ends with DONE and is skipped
+when DONE exists; so however stages are scheduled (one process, several, a cluster), the results are the
+same. `run_stage` is the only place that knows the sequence: skip if done, claim the stage's lock (waiting
+while another process runs it), compute the mask on rank 0 and broadcast it, open the tracking child run,
+train, write mask.pt, final.pt and metrics.json, flush them to disk, then DONE and the results row.
+
+Stage kinds live with their workflows (lottery/workflows/): a TrainingStage says only how to build its
+model, make its mask, set its starting weights, and which fields its row carries.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from torch import nn
+
+from lottery.pruning.collapse import compression_of
+from lottery.pruning.mask import Mask
+from lottery.run import distributed
+from lottery.run.context import RunContext
+from lottery.run.files import atomic_torch_save, fsync_paths, read_json, write_json
+from lottery.run.layout import DONE, RunLayout, StageRef
+from lottery.run.locks import FileLock
+from lottery.run.results import record_row
+from lottery.training.loop import TrainJob, train
+
+logger = logging.getLogger(__name__)
+
+
+class Stage:
+    """Something a run directory computes once. Subclasses are frozen dataclasses (picklable, hashable)."""
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    def needs(self, config) -> tuple["Stage", ...]:
+        """The stages whose outputs this one reads (for the experiment graph)."""
+        return ()
+
+    def lock_path(self, layout: RunLayout) -> Path:
+        return layout.lock_file(self.name.replace("/", "_"))
+
+    def done(self, layout: RunLayout) -> bool:
+        raise NotImplementedError
+
+    def result(self, run: RunContext):
+        """What a finished stage returns (its results row, or None)."""
+        return None
+
+    def execute(self, run: RunContext):
+        raise NotImplementedError
+
+
+def run_stage(run: RunContext, stage: Stage):
+    """Run `stage` unless it is done; return its result. Every rank calls this; rank 0 decides and locks."""
+    if distributed.broadcast_object(stage.done(run.layout) if run.is_main else None):
+        return _result(run, stage)
+    lock = FileLock(stage.lock_path(run.layout), what=f"stage {stage.name} of {run.run_dir}")
+    if run.is_main:
+        if not lock.acquire():  # waits while another process runs the stage
+            raise RuntimeError(f"could not lock {lock.path}")
+    try:
+        if distributed.broadcast_object(stage.done(run.layout) if run.is_main else None):
+            logger.info("%s: finished by another process", stage.name)
+            return _result(run, stage)
+        return stage.execute(run)
+    finally:
+        lock.release()
+
+
+def _result(run: RunContext, stage: Stage):
+    return distributed.broadcast_object(stage.result(run) if run.is_main else None)
+
+
+def finished_row(directory: Path) -> Optional[dict]:
+    """The stored results row of a finished stage folder, or None."""
+    if not (directory / DONE).exists():
+        return None
+    return read_json(directory / "metrics.json", "stage record")["row"]
+
+
+@dataclass(frozen=True)
+class TrainingStage(Stage):
+    """A stage that trains a masked network from some start to T and leaves a results row."""
+
+    @property
+    def ref(self) -> StageRef:
+        raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        return self.ref.key
+
+    def lock_path(self, layout: RunLayout) -> Path:
+        return layout.directory(self.ref) / ".lock"
+
+    def done(self, layout: RunLayout) -> bool:
+        return (layout.directory(self.ref) / DONE).exists()
+
+    def result(self, run: RunContext) -> dict:
+        return finished_row(run.layout.directory(self.ref))
+
+    # -- what a kind says ---------------------------------------------------------------------
+    def build(self, run: RunContext) -> nn.Module:
+        """The network to train (θ0's architecture unless the stage changes it)."""
+        return run.new_model()
+
+    def make_mask(self, run: RunContext, model: nn.Module) -> Mask:
+        """The stage's mask, on rank 0 only; `model` may be changed, `prepare` sets the weights afterwards."""
+        raise NotImplementedError
+
+    def prepare(self, run: RunContext, model: nn.Module, mask: Mask) -> int:
+        """Load the starting weights into `model` (every rank); return the step training starts at."""
+        raise NotImplementedError
+
+    def fields(self) -> dict:
+        """The stage's own fields of its results row (level, method, at, branch)."""
+        return {}
+
+    def row_fields(self, run: RunContext, model: nn.Module, mask: Mask) -> dict:
+        """The fields of the results row that the stage sets itself; they win over the measured ones."""
+        return self.fields()
+
+    def params(self, mask: Mask) -> dict:
+        """The stage's MLflow params."""
+        return {**{k: v for k, v in self.fields().items() if v is not None}, "density": mask.density()}
+
+    def log_start(self, mask: Mask, start_step: int, end_step: int) -> None:
+        logger.info("%s: density %.4f, training steps %d..%d", self.name, mask.density(), start_step, end_step)
+
+    # -- the one sequence ---------------------------------------------------------------------
+    def execute(self, run: RunContext) -> dict:
+        directory = run.layout.directory(self.ref)
+        model = self.build(run)
+        mask = None
+        if run.is_main:
+            mask_path = directory / "mask.pt"
+            if mask_path.exists():
+                mask = Mask.load(mask_path, model)
+            else:
+                mask = self.make_mask(run, model)
+                mask.save(mask_path)
+        distributed.barrier()
+        mask = distributed.broadcast_mask(mask)
+        start_step = self.prepare(run, model, mask)
+        self.log_start(mask, start_step, run.plan.total)
+        handle = run.tracker.child(self.ref.key, self.ref.run_name, self.params(mask))
+        row = train_stage(run, self, model, mask, start_step, handle)
+        handle.finish()
+        return row
+
+
+def train_stage(run: RunContext, stage: TrainingStage, model: nn.Module, mask: Mask, start_step: int,
+                handle) -> dict:
+    """Train [start_step, T) with `mask`, write final.pt, metrics.json and DONE, record and return the row."""
+    config, ref = run.config, stage.ref
+    directory = run.layout.directory(ref)
+    files = RunLayout.stage_files(directory)
+
+    def on_eval(step: int, record: dict) -> None:
+        handle.log_metrics({k: v for k, v in record.items() if k != "step" and v is not None}, step=step)
+
+    job = TrainJob(
+        model=model, dataset=run.dataset, train_cfg=config.train, seed=config.seed,
+        start_step=start_step, end_step=run.plan.total, mask=mask,
+        checkpoint_path=files["checkpoint.pt"], checkpoint_every=run.plan.steps(config.ticket.checkpoint_every),
+        checkpoint_tag=ref.relative, on_eval=on_eval, desc=ref.relative, rank=run.rank, world_size=run.world_size,
+    )
+    result = train(job)
+    distributed.check_replicas_agree(model, mask)
+    density = mask.density()
+    row = {
+        "stage": ref.key, "kind": ref.kind,
+        "density": density,
+        "compression": compression_of(density),
+        "layers": {name: info["density"] for name, info in mask.layer_report().items()},
+        "collapsed": mask.collapsed(),
+        **stage.row_fields(run, model, mask),  # e.g. a structured method's own density
+        **{k: v for k, v in result.summary().items() if k != "final_step"},
+    }
+    if run.is_main:
+        atomic_torch_save(files["final.pt"], {k: v.cpu() for k, v in model.state_dict().items()}, durable=False)
+        write_json(files["metrics.json"], {"row": row, "history": result.history}, durable=False)
+        fsync_paths([files["mask.pt"], files["final.pt"], files["metrics.json"]])  # DONE only after they are on disk
+        files[DONE].touch()
+        files["checkpoint.pt"].unlink(missing_ok=True)
+        record_row(run.layout, row)
+    handle.log_metrics({k: row[k] for k in ("final_test_acc", "best_test_acc", "density", "compression")
+                        if row.get(k) is not None})
+    if row.get("early_stop_step") is not None:
+        handle.log_metrics({"early_stop_step": row["early_stop_step"]})
+    return row

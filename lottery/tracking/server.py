@@ -1,0 +1,208 @@
+"""MLflow's side of tracking: the helper process that applies the training process's messages.
+
+The only module that imports mlflow, and only inside the helper process (`serve`); the training
+process talks to it through lottery.tracking.client.MlflowTracker. Never imports torch.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import tempfile
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Optional
+
+from lottery.run.files import atomic_write_text
+from lottery.run.locks import FileLock
+from lottery.tracking.protocol import (IDS_FILE, METRICS_PER_BATCH, PARAMS_PER_BATCH, PARENT_KEY, TAG_VALUE_LIMIT,
+                                       sqlite_path)
+
+logger = logging.getLogger(__name__)
+
+
+def git_state(directory: Path) -> dict[str, str]:
+    """Commit and dirtiness of the repository holding `directory`; empty when git is unavailable."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True,
+                                text=True, timeout=5)
+        if commit.returncode != 0:
+            return {}
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=directory,
+                                capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    state = {"git_commit": commit.stdout.strip(), "mlflow.source.git.commit": commit.stdout.strip()}
+    if status.returncode == 0:
+        state["git_dirty"] = str(bool(status.stdout.strip())).lower()
+    return state
+
+
+def serve(inbox_fd: int, outbox_fd: int) -> None:
+    """Apply the training process's messages to MLflow, in order, until "stop" or end of input."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches training, which then closes the runs
+    os.nice(10)  # background work: where cores are scarce, training goes first
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    inbox, outbox = Connection(inbox_fd, writable=False), Connection(outbox_fd, readable=False)
+    store: Optional[_Store] = None
+    failed = False
+    try:
+        while True:
+            kind, *args = inbox.recv()
+            if kind == "stop":
+                break
+            if kind == "drain":
+                outbox.send(("drained", *args))
+            elif not failed:
+                try:
+                    if kind == "open":
+                        store = _Store(*args, outbox)
+                    else:
+                        getattr(store, kind)(*args)
+                except Exception as error:  # noqa: BLE001 - reported; the training process turns tracking off
+                    failed = True
+                    outbox.send(("failed", f"{type(error).__name__}: {str(error).strip()[:300]}"))
+    except (EOFError, OSError):
+        pass  # the training process is gone
+    # Everything is committed. Skip interpreter shutdown: MLflow's exit hooks (telemetry) cost ~1 s.
+    logging.shutdown()
+    os._exit(0)
+
+
+class _Store:
+    """The MLflow side: one client, the experiment, run ids by key, metric steps already stored.
+
+    <run_dir>/tracking.json holds {uri: {experiment: {"experiment_id": ..., "runs": {key: run_id}}}}.
+    """
+
+    def __init__(self, uri: str, experiment: str, run_dir: str, outbox: Connection):
+        from mlflow.tracking import MlflowClient
+
+        for noisy in ("mlflow", "alembic"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        self.client, self.uri, self.outbox = MlflowClient(tracking_uri=uri), uri, outbox
+        self.experiment_id = self._experiment(experiment)
+        self.runs: dict[str, str] = {}
+        self.stored_steps: dict[str, dict[str, int]] = {}  # per key: metric -> last step MLflow already has
+        self.ids_path, self.experiment = Path(run_dir) / IDS_FILE, experiment
+        self.saved = self._entry(self._read_ids())
+
+    def _read_ids(self) -> dict:
+        try:
+            ids = json.loads(self.ids_path.read_text()) if self.ids_path.exists() else {}
+        except (OSError, ValueError) as error:
+            logger.warning("%s is unreadable (%s); new MLflow runs will be created", self.ids_path, error)
+            ids = {}
+        return ids if isinstance(ids, dict) else {}
+
+    def _entry(self, ids: dict) -> dict:
+        return ids.setdefault(self.uri, {}).setdefault(self.experiment, {"experiment_id": None, "runs": {}})
+
+    def _find_or_create(self, key: str, name: str, tags: dict):
+        """(run, created): the key's run from tracking.json, or a new one recorded there. Under the ids lock, so
+        processes sharing a run directory (workers, concurrent launches) never create the same run twice."""
+        with FileLock(self.ids_path.parent / f".{IDS_FILE}.lock"):
+            ids = self._read_ids()
+            self.saved = self._entry(ids)
+            run = self._existing_run(self.saved["runs"].get(key))
+            if run is not None:
+                return run, False
+            run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+            self.saved["experiment_id"], self.saved["runs"][key] = self.experiment_id, run.info.run_id
+            self.ids_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.ids_path, json.dumps(ids, indent=2) + "\n")
+            return run, True
+
+    def _experiment(self, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            path = sqlite_path(self.uri)  # artefacts beside the database; not ./mlruns, a legacy store's name
+            location = None if path is None else (path.parent / "mlartifacts" / re.sub(r"[^\w.-]+", "_", name)).as_uri()
+            try:
+                return self.client.create_experiment(name, location)
+            except MlflowException as error:
+                if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                experiment = self.client.get_experiment_by_name(name)
+        if experiment.lifecycle_stage == "deleted":
+            self.client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+
+    def attach(self, key: str, name: str, tags: dict, params: dict, parent_key: Optional[str]) -> None:
+        """Re-attach to the key's run in tracking.json, or create it; then log tags and new params."""
+        if parent_key in self.runs:
+            tags = {**tags, "mlflow.parentRunId": self.runs[parent_key]}
+        if key == PARENT_KEY:  # here, not in training: two git calls cost the first level ~9 ms
+            tags = {**git_state(Path(__file__).resolve().parent), **tags}
+        tags = {k: str(v)[:TAG_VALUE_LIMIT] for k, v in tags.items()}
+        run, created = self._find_or_create(key, name, tags)
+        if created:
+            self.runs[key] = run.info.run_id
+            self.params(key, params)
+            self.outbox.send(("attached", key, run.info.run_id, False))
+            return
+        run_id = self.runs[key] = run.info.run_id
+        if run.info.status != "FINISHED" or key == PARENT_KEY:
+            self.client.update_run(run_id, status="RUNNING")
+        self.stored_steps[key] = {metric: max(m.step for m in self.client.get_metric_history(run_id, metric))
+                                  for metric in run.data.metrics}
+        # A run keeps its identity: re-attaching adds missing tags, never rewrites stored ones.
+        # Params are immutable in MLflow: the missing ones are logged, changed ones become tags.
+        stored = run.data.params
+        self.tags(key, {k: v for k, v in tags.items() if k not in run.data.tags})
+        self.tags(key, {f"changed_param.{k}": v for k, v in params.items() if k in stored and stored[k] != v})
+        self.params(key, {k: v for k, v in params.items() if k not in stored})
+        self.outbox.send(("attached", key, run_id, True))
+
+    def _existing_run(self, run_id: Optional[str]):
+        """The stored run to re-attach to; None if it was deleted, moved or never existed."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id) if run_id else None
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            run = None
+        usable = run is not None and run.info.lifecycle_stage != "deleted"
+        return run if usable and run.info.experiment_id == self.experiment_id else None
+
+    def _batch(self, key: str, kind: str, items: list, size: int) -> None:
+        """log_batch within MLflow's limits: 100 params or tags, 1000 metrics per call."""
+        for start in range(0, len(items), size):
+            self.client.log_batch(self.runs[key], **{kind: items[start:start + size]})
+
+    def params(self, key: str, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        self._batch(key, "params", [Param(k, v) for k, v in params.items()], PARAMS_PER_BATCH)
+
+    def tags(self, key: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self._batch(key, "tags", [RunTag(k, str(v)[:TAG_VALUE_LIMIT]) for k, v in tags.items()], PARAMS_PER_BATCH)
+
+    def points(self, key: str, points: list[tuple[str, float, int, int]]) -> None:
+        from mlflow.entities import Metric
+
+        stored = self.stored_steps.get(key, {})  # a resumed run replays points MLflow already has
+        fresh = [Metric(name, value, stamp, step) for name, value, step, stamp in points if step > stored.get(name, -1)]
+        self._batch(key, "metrics", fresh, METRICS_PER_BATCH)
+
+    def artifact(self, key: str, path: str, artifact_path: Optional[str]) -> None:
+        log = self.client.log_artifacts if Path(path).is_dir() else self.client.log_artifact
+        log(self.runs[key], path, artifact_path)
+
+    def image(self, key: str, data: bytes, name: str) -> None:
+        with tempfile.TemporaryDirectory(prefix="lottery-artifact-") as directory:
+            path = Path(directory) / Path(name).name
+            path.write_bytes(data)
+            self.client.log_artifact(self.runs[key], str(path), str(Path(name).parent) if "/" in name else None)
+
+    def finish(self, key: str, status: str) -> None:
+        self.client.set_terminated(self.runs[key], status)

@@ -1,0 +1,190 @@
+"""Baselines: prune at initialisation (or at the rewind point) with each method at each density, and train
+with the ticket's schedule.
+
+Every registered method is a baseline (lottery/pruning/methods.py). The default densities are the ticket's
+level densities, computed exactly from the layer sizes and IMP's counting rule (the same code the pruner
+runs), so a baseline never waits for the ticket and its density equals its level's exactly. A method's
+folder is its name, plus a short hash of its baseline.* settings when they differ from the defaults, so
+a knob that changes a baseline never reuses another setting's results.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+
+from lottery.config import BaselineConfig, Config, ConfigError
+from lottery.pruning.collapse import compression_of
+from lottery.pruning.mask import Mask
+from lottery.pruning.methods import METHODS, get_method, method_names
+from lottery.pruning.prune import PruneResult, PruneSpec, level_counts, prune
+from lottery.run import distributed
+from lottery.run.context import RunContext, open_run
+from lottery.run.layout import StageRef
+from lottery.run.stage import Stage, TrainingStage, run_stage
+from lottery.workflows.ticket import InitStage, RewindStage, rewind_weights
+
+logger = logging.getLogger(__name__)
+
+STARTS = ("init", "rewind")
+
+
+def settings_of(config: Config, method: str) -> dict:
+    """The baseline.* settings `method` reads, with the method's own default rounds filled in."""
+    values = {name: getattr(config.baseline, name) for name in get_method(method).settings}
+    if "rounds" in values and values["rounds"] is None:
+        values["rounds"] = get_method(method).default_rounds
+    return values
+
+
+def method_folder(config: Config, method: str) -> str:
+    """`method`, or `method-<hash6>` when its settings differ from their defaults."""
+    settings = settings_of(config, method)
+    defaults = settings_of(Config(baseline=BaselineConfig()), method)
+    if settings == defaults:
+        return method
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:6]
+    return f"{method}-{digest}"
+
+
+def prune_model(config: Config, dataset, model, method: str, density: float | None = None,
+                compression: float | None = None) -> PruneResult:
+    """Score the model as it is (θ0 or θk) with `method` and return the PruneResult at the target."""
+    entry = get_method(method)
+    batches = None
+    if entry.needs_data:
+        inputs, labels = dataset.class_balanced(config.baseline.samples_per_class, config.seed)
+        batches = [(inputs, labels)]
+    start = Mask.ones(model, ignore=config.prune.ignore, include=config.prune.include)
+    return prune(model, PruneSpec.from_config(config, method), density=density, compression=compression,
+                 mask=start, batches=batches, input_shape=dataset.input_shape)
+
+
+def ticket_densities(config: Config, model) -> list[float]:
+    """The exact densities of the ticket's levels 1..L, known before any level trains."""
+    mask = Mask.ones(model, ignore=config.prune.ignore, include=config.prune.include)
+    sizes = {name: flags.numel() for name, flags in mask.items()}
+    counts = level_counts(sizes, config.prune.fraction, config.ticket.levels, config.prune.scope,
+                          config.prune.layer_rates)
+    return [count / counts[0] for count in counts[1:]]
+
+
+def _start(run: RunContext, at: str) -> tuple[dict, int]:
+    return (run.theta0(), 0) if at == "init" else rewind_weights(run)
+
+
+@dataclass(frozen=True)
+class BaselineStage(TrainingStage):
+    """An unstructured method at one density, from θ0 (at=init) or θk (at=rewind)."""
+
+    method: str
+    density: float
+    at: str = "init"
+    folder: str = ""  # the method's folder (method_folder); empty means the method's name
+
+    @property
+    def ref(self) -> StageRef:
+        return StageRef.for_baseline(self.folder or self.method, self.density, self.at)
+
+    def needs(self, config) -> tuple[Stage, ...]:
+        return (InitStage(),) if self.at == "init" else (RewindStage(),)
+
+    def make_mask(self, run: RunContext, model) -> Mask:
+        model.load_state_dict(_start(run, self.at)[0])
+        return prune_model(run.config, run.dataset, model, self.method, density=self.density).mask
+
+    def prepare(self, run: RunContext, model, mask: Mask) -> int:
+        weights, start_step = _start(run, self.at)
+        model.load_state_dict(weights)
+        if run.config.baseline.isometry:
+            from lottery.pruning.isometry import approximate_isometry
+
+            mask.apply(model)
+            error = approximate_isometry(model, mask, steps=run.config.baseline.isometry_steps)
+            logger.info("approximate isometry: final error %.4g", error)
+        return start_step
+
+    def fields(self) -> dict:
+        return {"level": None, "method": self.method, "at": self.at}
+
+    def params(self, mask: Mask) -> dict:
+        return {"method": self.method, "density": self.density, "at": self.at}
+
+
+@dataclass(frozen=True)
+class StructuredBaselineStage(BaselineStage):
+    """A structured method (coreset): a physically smaller network, deterministic for the seed, trained dense.
+    Its density is relative to the original network's conv and linear weights."""
+
+    def build(self, run: RunContext):
+        from lottery.pruning.coreset import coreset_prune
+
+        model = run.new_model()
+        model.load_state_dict(_start(run, self.at)[0])
+        return coreset_prune(model, run.dataset.input_shape, run.config.seed, density=self.density)
+
+    def make_mask(self, run: RunContext, model) -> Mask:
+        return Mask.ones(model, ignore=run.config.prune.ignore, include=run.config.prune.include)
+
+    def prepare(self, run: RunContext, model, mask: Mask) -> int:
+        return _start(run, self.at)[1]  # the smaller network already holds its (reweighted) starting weights
+
+    def row_fields(self, run: RunContext, model, mask: Mask) -> dict:
+        from lottery.pruning.coreset import count_weights
+
+        achieved = count_weights(model) / count_weights(run.new_model())
+        return {**self.fields(), "density": achieved, "compression": compression_of(achieved)}
+
+
+def baseline_stage(config: Config, method: str, density: float, at: str) -> BaselineStage:
+    kind = StructuredBaselineStage if get_method(method).structured else BaselineStage
+    return kind(method, density, at, method_folder(config, method))
+
+
+def parse_methods(text: str | None) -> list[str]:
+    """--methods: comma-separated registered names; the default is every unstructured method."""
+    if text is None:
+        return method_names(structured=False)
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods:
+        raise ConfigError(f"no method given; valid: {', '.join(METHODS)}", "--methods", "command line")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; valid: {', '.join(METHODS)}", "--methods",
+                          "command line")
+    return methods
+
+
+def parse_densities(text: str | None, flag: str = "--densities") -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise ConfigError(f"expected comma-separated numbers, got {text!r}", flag, "command line") from None
+    if not values or any(not 0 < value <= 1 for value in values):
+        raise ConfigError(f"densities must be in (0, 1], got {text!r}", flag, "command line")
+    return values
+
+
+def run_baselines(config: Config, methods: list[str], densities: list[float] | None = None, at: str = "init",
+                  command: str = "lottery baselines") -> list[dict]:
+    from lottery.report.tables import level_table
+    from lottery.workflows.preflight import check_ticket
+
+    if at not in STARTS:
+        raise ConfigError(f"{at!r} is not one of {', '.join(STARTS)}", "--at", "command line")
+    dataset = check_ticket(config)  # the default densities are the ticket's levels; at=rewind needs its k
+    with open_run(config, command, dataset) as run:
+        densities = densities or ticket_densities(config, run.new_model())
+        run_stage(run, InitStage())
+        if at == "rewind":
+            run_stage(run, RewindStage())
+        rows = [run_stage(run, baseline_stage(config, method, density, at))
+                for method in methods for density in densities]
+    if distributed.rank_and_world()[0] == 0:
+        print(level_table(rows, label="method"))
+        print(f"run directory: {run.run_dir}")
+    return rows
+
