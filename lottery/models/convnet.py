@@ -43,7 +43,7 @@ class ConvNet(nn.Module):
         return self.out(x)
 
 
-@register_model(r"^(conv2|conv4|conv6)$", ", ".join(BLOCK_WIDTHS))
+@register_model(r"^(conv2|conv4|conv6)$", ", ".join(BLOCK_WIDTHS), "conv2", (3, 8, 8))
 def build_convnet(cfg, match, input_shape: tuple[int, ...], num_classes: int) -> ConvNet:
     check_image_shape(cfg.name, input_shape)
     # model.width sets the first block's width; later blocks keep the 1:2:4 ratio.

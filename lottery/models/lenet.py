@@ -29,7 +29,8 @@ class LeNet(nn.Module):
         return self.out(x)
 
 
-@register_model(r"^lenet((?:_[1-9]\d*)+)$", "lenet_<w1>_<w2>... (e.g. lenet_300_100)")
+@register_model(r"^lenet((?:_[1-9]\d*)+)$", "lenet_<w1>_<w2>... (e.g. lenet_300_100)", "lenet_16_8",
+                (1, 8, 8))
 def build_lenet(cfg, match, input_shape: tuple[int, ...], num_classes: int) -> LeNet:
     refuse_width(cfg.name, cfg.width)
     return LeNet(input_shape, [int(width) for width in match.group(1).strip("_").split("_")], num_classes)

@@ -18,6 +18,8 @@ Builder = Callable[..., nn.Module]
 class ModelFamily:
     pattern: re.Pattern
     names: str  # how the family's names read, for help and error messages
+    example: str  # one small name and input shape that builds, for the registry's shared tests
+    example_shape: tuple[int, ...]
     build: Builder
     accepts: Callable[[re.Match], bool]
 
@@ -25,10 +27,12 @@ class ModelFamily:
 MODELS: list[ModelFamily] = []
 
 
-def register_model(pattern: str, names: str, accepts: Optional[Callable[[re.Match], bool]] = None):
+def register_model(pattern: str, names: str, example: str, example_shape: tuple[int, ...],
+                   accepts: Optional[Callable[[re.Match], bool]] = None):
     """Register `build(cfg, match, input_shape, num_classes)` for names matching `pattern` (and `accepts`)."""
     def decorate(build: Builder) -> Builder:
-        MODELS.append(ModelFamily(re.compile(pattern), names, build, accepts or (lambda match: True)))
+        MODELS.append(ModelFamily(re.compile(pattern), names, example, tuple(example_shape), build,
+                                  accepts or (lambda match: True)))
         return build
     return decorate
 

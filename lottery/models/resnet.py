@@ -82,7 +82,7 @@ class CifarResNet(nn.Module):
         return self.out(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
-@register_model(r"^resnet(\d+)$", ", ".join(f"resnet{depth}" for depth in DEPTHS),
+@register_model(r"^resnet(\d+)$", ", ".join(f"resnet{depth}" for depth in DEPTHS), "resnet20", (3, 8, 8),
                 accepts=lambda match: int(match.group(1)) in DEPTHS)
 def build_resnet(cfg, match, input_shape: tuple[int, ...], num_classes: int) -> CifarResNet:
     check_image_shape(cfg.name, input_shape)

@@ -14,7 +14,8 @@ def torchvision_names() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
-@register_model(r"^tv\.(.+)$", f"{PREFIX}<torchvision classification model> (e.g. tv.resnet18)",
+@register_model(r"^tv\.(.+)$", f"{PREFIX}<torchvision classification model> (e.g. tv.resnet18)", "tv.resnet18",
+                (3, 32, 32),
                 accepts=lambda match: match.group(1) in torchvision_names())
 def build_torchvision(cfg, match, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """torchvision.models.get_model(..., weights=None): random init, no downloads."""

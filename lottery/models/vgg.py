@@ -53,7 +53,7 @@ class CifarVGG(nn.Module):
         return self.out(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
-@register_model(r"^vgg(\d+)$", ", ".join(f"vgg{depth}" for depth in CONFIGS),
+@register_model(r"^vgg(\d+)$", ", ".join(f"vgg{depth}" for depth in CONFIGS), "vgg11", (3, 8, 8),
                 accepts=lambda match: int(match.group(1)) in CONFIGS)
 def build_vgg(cfg, match, input_shape: tuple[int, ...], num_classes: int) -> CifarVGG:
     check_image_shape(cfg.name, input_shape)

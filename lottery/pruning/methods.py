@@ -35,6 +35,8 @@ class Method:
     name: str
     make_scorer: Optional[ScorerFactory]  # None for structured methods
     description: str
+    # Structured methods: (model, input_shape, seed, density=...) -> the physically smaller network.
+    make_structured: Optional[Callable] = None
     needs_data: bool = False
     default_rounds: int = 1
     structured: bool = False
@@ -47,13 +49,13 @@ METHODS: dict[str, Method] = {}
 def register_method(name: str, description: str, needs_data: bool = False, default_rounds: int = 1,
                     structured: bool = False, settings: tuple[str, ...] = ()):
     """Decorator for a scorer factory `make(context) -> (mask -> scores)`; structured methods decorate their
-    pruning function instead (it is stored but never called as a scorer)."""
+    pruning function `(model, input_shape, seed, density=...) -> smaller model` instead."""
     def decorate(function):
         if name in METHODS:
             raise ValueError(f"pruning method {name!r} is registered twice")
         own = settings if structured else (*COMMON_SETTINGS, *settings)
-        METHODS[name] = Method(name, None if structured else function, description, needs_data, default_rounds,
-                               structured, own)
+        METHODS[name] = Method(name, None if structured else function, description,
+                               function if structured else None, needs_data, default_rounds, structured, own)
         return function
     return decorate
 

@@ -272,7 +272,7 @@ def _grasp(context: ScoringContext):
     return lambda mask: grasp(context.model, mask, context.batches, temperature=context.spec.temperature)
 
 
-@register_method("magnitude", "|θ|")
+@register_method("magnitude", "|θ|, the magnitude of the weights (at θ0 or θk)")
 def _magnitude(context: ScoringContext):
     return lambda mask: magnitude(context.model, mask)
 

@@ -118,11 +118,10 @@ class StructuredBaselineStage(BaselineStage):
     Its density is relative to the original network's conv and linear weights."""
 
     def build(self, run: RunContext):
-        from lottery.pruning.coreset import coreset_prune
-
         model = run.new_model()
         model.load_state_dict(_start(run, self.at)[0])
-        return coreset_prune(model, run.dataset.input_shape, run.config.seed, density=self.density)
+        return get_method(self.method).make_structured(model, run.dataset.input_shape, run.config.seed,
+                                                       density=self.density)
 
     def make_mask(self, run: RunContext, model) -> Mask:
         return Mask.ones(model, ignore=run.config.prune.ignore, include=run.config.prune.include)

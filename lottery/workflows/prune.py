@@ -33,10 +33,10 @@ def prune_report(config: Config, method: str, density: Optional[float] = None, c
     dataset = check_config(config)
     model = make_model(config, dataset)
     if get_method(method).structured:
-        from lottery.pruning.coreset import coreset_prune, count_weights
+        from lottery.pruning.coreset import count_weights
 
         target = density if density is not None else density_of(compression)
-        smaller = coreset_prune(model, dataset.input_shape, config.seed, density=target)
+        smaller = get_method(method).make_structured(model, dataset.input_shape, config.seed, density=target)
         achieved = count_weights(smaller) / count_weights(model)
         layers = {name: {"kept": flags.numel(), "total": flags.numel(), "density": 1.0}
                   for name, flags in Mask.ones(smaller).items()}
