@@ -5,6 +5,8 @@ import copy
 import dataclasses
 import math
 import os
+import site
+import sys
 import types
 import typing
 from pathlib import Path
@@ -18,10 +20,9 @@ from lottery.config.validation import validate
 from lottery.errors import ConfigError
 
 COMMAND_LINE = "command line"
-# Where `--exp NAME` looks, in order: $LOTTERY_EXPERIMENTS, ./experiments, the source checkout, the installed
-# package data (a wheel carries the shipped experiments as lottery/shipped/experiments).
+# Where `--exp NAME` (and `--space NAME`) look, in order: the environment variable, ./experiments (./configs/search),
+# the source checkout, and where a wheel installs them (<prefix>/share/lottery/, see pyproject.toml).
 SOURCE_ROOT = Path(__file__).resolve().parent.parent.parent
-SHIPPED = Path(__file__).resolve().parent.parent / "shipped"
 
 
 def _type_name(kind) -> str:
@@ -114,10 +115,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def experiment_dirs() -> list[Path]:
-    """Where shipped and user experiments are looked up, in order (existing folders only)."""
-    candidates = [os.environ.get("LOTTERY_EXPERIMENTS"), "experiments", SOURCE_ROOT / "experiments",
-                  SHIPPED / "experiments"]
+def _installed_dirs(name: str) -> list[Path]:
+    return [Path(prefix) / "share" / "lottery" / name for prefix in (sys.prefix, site.getuserbase())]
+
+
+def shipped_dirs(variable: str, local: str, installed: str) -> list[Path]:
+    """Existing folders to look up shipped files in, in order, without repeats."""
+    candidates = [os.environ.get(variable), local, SOURCE_ROOT / local, *_installed_dirs(installed)]
     seen, found = set(), []
     for candidate in filter(None, candidates):
         path = Path(candidate)
@@ -127,8 +131,31 @@ def experiment_dirs() -> list[Path]:
     return found
 
 
+def experiment_dirs() -> list[Path]:
+    return shipped_dirs("LOTTERY_EXPERIMENTS", "experiments", "experiments")
+
+
 def known_experiments() -> list[str]:
     return sorted({path.stem for folder in experiment_dirs() for path in folder.glob("*.yaml")})
+
+
+def space_dirs() -> list[Path]:
+    return shipped_dirs("LOTTERY_SEARCH_SPACES", "configs/search", "search_spaces")
+
+
+def known_spaces() -> list[str]:
+    return sorted({path.stem for folder in space_dirs() for path in folder.glob("*.yaml")})
+
+
+def space_path(name_or_path: str) -> Path:
+    """A search space file as given, or NAME looked up in space_dirs()."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists() or os.sep in name_or_path:
+        return candidate
+    for folder in space_dirs():
+        if (folder / f"{name_or_path}.yaml").is_file():
+            return folder / f"{name_or_path}.yaml"
+    return Path("configs/search") / f"{name_or_path}.yaml"
 
 
 def experiment_path(name_or_path: str) -> Path:

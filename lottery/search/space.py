@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import yaml
 
 from lottery.config import Config, ConfigError, flatten, parse_override, set_dotted, validate
+from lottery.config.loading import known_spaces, read_yaml, space_path
 from lottery.workflows.preflight import check_names
 
 PARAM_TYPES = ("int", "float", "categorical")
@@ -81,14 +81,11 @@ class SearchSpace:
 
 def load_space(path: str | Path) -> SearchSpace:
     """Read and check the file's structure (types, ranges, keys). Raises ConfigError naming file and key."""
-    path = Path(path)
-    source = str(path)
+    path = space_path(str(path))
+    source = f"search space {path}"
     if not path.is_file():
-        raise ConfigError(f"search space file {path} not found", None, source)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"invalid YAML: {error}", None, source) from None
+        raise ConfigError(f"search space file {path} not found; shipped spaces: {', '.join(known_spaces())}")
+    raw = read_yaml(path, "search space file")
     if not isinstance(raw, dict):
         raise ConfigError("a search space must be a mapping with a 'params' section", None, source)
     unknown = sorted(set(raw) - set(SPACE_KEYS))
@@ -206,7 +203,7 @@ def _parse_when(key: str, when, earlier: list[Param], all_keys: set[str], source
 
 def check_space(space: SearchSpace, config: Config) -> None:
     """Check every key and every range end against the config schema, before any trial runs."""
-    source = str(space.path)
+    source = f"search space {space.path}"
     known = flatten(Config())
     param_keys = {param.key for param in space.params}
     for key in [*space.fixed, *param_keys]:
@@ -256,7 +253,7 @@ def _reason(error: ConfigError, key: str) -> str:
 def search_config(base: Config, space: SearchSpace, overrides: list[str] | tuple = ()) -> Config:
     """The config every trial starts from: experiment, then the space's fixed keys, then the command line."""
     config = copy.deepcopy(base)
-    source = str(space.path)
+    source = f"search space {space.path}"
     overridden = {parse_override(text)[0] for text in overrides}
     known = flatten(Config())
     for key, value in space.fixed.items():
@@ -295,9 +292,9 @@ def sample(space: SearchSpace, config: Config, suggest: Suggest) -> tuple[Config
         if not param.is_active(trial):
             continue
         value = suggest(param)
-        set_dotted(trial, param.key, value, str(space.path))
+        set_dotted(trial, param.key, value, f"search space {space.path}")
         values[param.key] = value
-    validate(trial, str(space.path))
+    validate(trial, f"search space {space.path}")
     return trial, values
 
 
