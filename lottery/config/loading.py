@@ -147,26 +147,25 @@ def known_spaces() -> list[str]:
     return sorted({path.stem for folder in space_dirs() for path in folder.glob("*.yaml")})
 
 
-def space_path(name_or_path: str) -> Path:
-    """A search space file as given, or NAME looked up in space_dirs()."""
+def _lookup(name_or_path: str, folders: list[Path], default: str) -> Path:
+    """A YAML path as given, or NAME.yaml from the first folder that has it."""
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml") or candidate.exists() or os.sep in name_or_path:
         return candidate
-    for folder in space_dirs():
+    for folder in folders:
         if (folder / f"{name_or_path}.yaml").is_file():
             return folder / f"{name_or_path}.yaml"
-    return Path("configs/search") / f"{name_or_path}.yaml"
+    return Path(default) / f"{name_or_path}.yaml"
+
+
+def space_path(name_or_path: str) -> Path:
+    """A search space file as given, or NAME looked up in space_dirs()."""
+    return _lookup(name_or_path, space_dirs(), "configs/search")
 
 
 def experiment_path(name_or_path: str) -> Path:
-    """A YAML path as given, or NAME looked up in experiment_dirs()."""
-    candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") or candidate.exists() or os.sep in name_or_path:
-        return candidate
-    for folder in experiment_dirs():
-        if (folder / f"{name_or_path}.yaml").is_file():
-            return folder / f"{name_or_path}.yaml"
-    return Path("experiments") / f"{name_or_path}.yaml"
+    """An experiment file as given, or NAME looked up in experiment_dirs()."""
+    return _lookup(name_or_path, experiment_dirs(), "experiments")
 
 
 def read_yaml(path: Path, what: str) -> Any:
