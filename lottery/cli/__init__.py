@@ -21,6 +21,18 @@ def setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def parse(parser, argv: list[str]):
+    """Parse, letting key=value overrides come after the options too (`--seeds 0-4 run.workers=2`)."""
+    args, extra = parser.parse_known_args(argv)
+    overrides = [token for token in extra if "=" in token and not token.startswith("-")]
+    rest = [token for token in extra if token not in overrides]
+    if rest or (overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(rest or overrides)}")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     # Idle OpenMP threads spin by default; on a busy CPU that makes small steps 20-100x slower. This must be
     # set before torch is first imported; an explicit user setting wins.
@@ -31,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from lottery.run import distributed
 
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     setup_logging(args.verbose)
     finished = False
     try:

@@ -25,10 +25,27 @@ def train(args, argv) -> int:
     return 0
 
 
-def ticket(args, argv) -> int:
-    from lottery.workflows.ticket import run_ticket
+def _experiment_config(args):
+    from lottery.config import COMMAND_LINE, set_dotted
+    from lottery.orchestrate.experiment import parse_seeds
 
-    run_ticket(_config(args), command_line(argv))
+    config = _config(args)
+    if args.seeds is not None:
+        set_dotted(config, "experiment.seeds", parse_seeds(args.seeds), COMMAND_LINE)
+    return config
+
+
+def ticket(args, argv) -> int:
+    from lottery.orchestrate.experiment import run_experiment
+
+    run_experiment(_experiment_config(args), command_line(argv), dry_run=args.dry_run)
+    return 0
+
+
+def plan(args, argv) -> int:
+    from lottery.orchestrate.experiment import run_experiment
+
+    run_experiment(_experiment_config(args), command_line(argv), dry_run=True)
     return 0
 
 
@@ -165,5 +182,5 @@ def instability(args, argv) -> int:
     return 0
 
 
-COMMANDS = {name: globals()[name] for name in ("train", "ticket", "branch", "baselines", "prune", "search", "report",
+COMMANDS = {name: globals()[name] for name in ("train", "ticket", "plan", "branch", "baselines", "prune", "search", "report",
                                                 "sync", "bench", "reproduce", "export", "instability")}

@@ -33,9 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     _command(commands, "train", "train the dense model", "Trains θ0 to train.steps once, into RUN_DIR/dense.")
-    _command(commands, "ticket", "iterative magnitude pruning with rewinding",
-             "Saves θ0, trains to ticket.rewind_step (θk), then trains, prunes prune.fraction of the remaining "
-             "weights and rewinds to θk for each of ticket.levels levels.")
+    ticket = _command(commands, "ticket", "the whole experiment: IMP with rewinding, its baselines and controls, "
+                      "over seeds", "For each seed (experiment.seeds): saves θ0, trains to ticket.rewind_step (θk), "
+                      "then trains, prunes prune.fraction of the remaining weights and rewinds to θk for each of "
+                      "ticket.levels levels; alongside, every baseline (experiment.baselines) and control branch "
+                      "(experiment.branches); on run.workers local workers, one per GPU, or Ray "
+                      "(run.executor=ray). Ends with the seeds aggregated: IMP and its baselines side by side.")
+    ticket.add_argument("--seeds", default=None, help="seeds to run, e.g. 0-4 or 0,3,7 (experiment.seeds)")
+    ticket.add_argument("--dry-run", action="store_true", help="print the stages and what each waits for; run nothing")
+    plan = _command(commands, "plan", "print the experiment's stages, what each waits for, and how many; run nothing",
+                    "The graph `lottery ticket` would run, after every check.")
+    plan.add_argument("--seeds", default=None, help="seeds, e.g. 0-4 or 0,3,7 (experiment.seeds)")
 
     branch = _command(commands, "branch", "a control branch on the masks of an existing ticket run",
                       "Trains each given level's branch from θk (reinit: from new random weights).")

@@ -4,7 +4,7 @@ Lowest layer of the package: it imports only lottery.errors and lottery.steps, n
 module may import it. Names of models, datasets and pruning methods are checked where the registries live
 (lottery.workflows.preflight).
 """
-from lottery.config.loading import (COMMAND_LINE, experiment_path, from_yaml, known_experiments, load_config,
+from lottery.config.loading import (COMMAND_LINE, experiment_path, from_dict, from_yaml, known_experiments, load_config,
                                     parse_override, replace, set_dotted, to_yaml)
 from lottery.config.tree import config_hash, flatten, source_of, to_dict
 from lottery.config.schema import (REQUIRED, BaselineConfig, Config, DataConfig, ModelConfig, PruneConfig, RunConfig,
@@ -15,6 +15,6 @@ from lottery.errors import ConfigError
 __all__ = [
     "COMMAND_LINE", "REQUIRED", "BaselineConfig", "Config", "ConfigError", "DataConfig", "ModelConfig", "PruneConfig",
     "RunConfig", "SearchConfig", "TicketConfig", "TrackConfig", "TrainConfig", "config_hash", "experiment_path",
-    "flatten", "from_yaml", "known_experiments", "load_config", "parse_override", "replace", "set_dotted",
+    "flatten", "from_dict", "from_yaml", "known_experiments", "load_config", "parse_override", "replace", "set_dotted",
     "source_of", "to_dict", "to_yaml", "validate",
 ]

@@ -209,6 +209,14 @@ def to_yaml(config: Config) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
+def from_dict(values: dict, source: str | None = None) -> Config:
+    """A validated Config from a plain tree (to_dict's output)."""
+    config = Config()
+    _merge(config, config, values, "", source)
+    validate(config, source)
+    return config
+
+
 def from_yaml(text: str, source: str | None = None) -> Config:
     config = Config()
     try:

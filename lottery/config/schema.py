@@ -104,8 +104,28 @@ class SearchConfig:
 
 
 @dataclass
+class BaselinesPlan:
+    methods: list[str] = field(default_factory=list)  # registered pruning methods; empty: no baselines
+    at: str = "init"  # prune and start from θ0 (init) or from θk (rewind)
+    densities: list[float] = field(default_factory=list)  # empty: the ticket's level densities, exactly
+
+
+@dataclass
+class ExperimentConfig:
+    """What `lottery ticket` runs besides the ticket itself: the seeds, the baselines and the control branches."""
+
+    seeds: list[int] = field(default_factory=list)  # empty: the one `seed`
+    baselines: BaselinesPlan = field(default_factory=BaselinesPlan)
+    branches: dict[str, list[int]] = field(default_factory=dict)  # branch name -> ticket levels
+
+
+@dataclass
 class RunConfig:
     root: str = "./runs"
+    executor: str = "local"  # local: worker processes on this machine; ray: tasks on a Ray cluster
+    workers: int = 1  # local executor on CPU: worker processes (CPU threads are split between them)
+    jobs_per_device: int = 1  # local executor with GPUs, or Ray: stages sharing one GPU
+    ray_address: Optional[str] = None  # a running Ray cluster (else $RAY_ADDRESS, else a local instance)
 
 
 @dataclass
@@ -120,6 +140,7 @@ class Config:
     ticket: TicketConfig = field(default_factory=TicketConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     run: RunConfig = field(default_factory=RunConfig)
     # Where each set value came from ("command line", a file's path): errors name it. Not a config key.
     _sources: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -128,7 +149,7 @@ class Config:
 # Keys that do not change what the run directory's stages compute stay out of the run hash, so that
 # e.g. adding levels or moving the data folder continues the same run.
 UNHASHED_KEYS = (
-    "exp", "seed", "track", "search", "run", "baseline", "data.root", "data.download",
+    "exp", "seed", "track", "search", "run", "baseline", "experiment", "data.root", "data.download",
     "ticket.levels", "ticket.checkpoint_every", "train.device", "train.progress",
 )
 
@@ -143,5 +164,7 @@ CHOICES = {
     "baseline.schedule": ("exponential", "linear"),
     "search.objective": ("accuracy", "steps_to_dense"),
     "search.pruner": ("median", "hyperband", "none"),
+    "experiment.baselines.at": ("init", "rewind"),
+    "run.executor": ("local", "ray"),
 }
 STEP_KEYS = ("train.steps", "train.warmup", "train.eval_every", "ticket.rewind_step", "ticket.checkpoint_every")

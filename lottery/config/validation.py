@@ -60,6 +60,8 @@ RANGES: dict[str, Callable[[Any], str | None]] = {
     "search.heartbeat_seconds": _at_least(1),
     "search.max_retries": _at_least(0),
     "search.startup_trials": _at_least(0),
+    "run.workers": _at_least(1),
+    "run.jobs_per_device": _at_least(1),
 }
 
 
@@ -94,5 +96,16 @@ def validate(config: Config, source: str | None = None) -> None:
     for name, rate in config.prune.layer_rates.items():
         if not 0.0 <= rate < 1.0:
             fail(f"prune.layer_rates.{name}", f"must be in [0, 1), got {rate}")
+    for seed in config.experiment.seeds:
+        if not 0 <= seed <= MAX_SEED:
+            fail("experiment.seeds", f"seeds must be in [0, {MAX_SEED}], got {seed}")
+    if len(set(config.experiment.seeds)) != len(config.experiment.seeds):
+        fail("experiment.seeds", f"a seed is listed twice: {config.experiment.seeds}")
+    for density in config.experiment.baselines.densities:
+        if not 0 < density <= 1:
+            fail("experiment.baselines.densities", f"densities must be in (0, 1], got {density}")
+    for branch, levels in config.experiment.branches.items():
+        if any(level < 0 for level in levels):
+            fail(f"experiment.branches.{branch}", f"levels must be >= 0, got {levels}")
     if config.data.name == "npz" and not config.data.path:
         fail("data.path", "the npz dataset needs data.path (a .npz file)")

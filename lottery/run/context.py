@@ -94,38 +94,52 @@ def read_config(run_dir) -> Config:
     return from_yaml(read_checked_text(path, "config file"), str(path))
 
 
-@contextmanager
-def open_run(config: Config, command: str, dataset=None, tracker: Optional[Tracker] = None):
-    """Write config.yaml, open tracking, yield the RunContext; publish the report and close FINISHED or FAILED.
+def attach_run(config: Config, command: str, dataset=None, passive: bool = False,
+               parent_tags: Optional[dict] = None) -> RunContext:
+    """The RunContext of config's run directory: writes config.yaml and opens tracking (rank 0 only).
 
-    Call it only after every check has passed: from here on, files are written.
+    `passive`: another process owns the run directory's parent MLflow run (an orchestrator, while this is one
+    of its workers), so it is attached without touching its status. Call only after every check has passed:
+    from here on, files are written.
     """
-    from lottery.report.run_report import publish
     from lottery.tracking.client import make_tracker
 
     rank, world_size = distributed.rank_and_world()
     dataset = dataset if dataset is not None else load_data(config)
     layout = RunLayout.of(config)
-    own_tracker = tracker is None
+    tracker = Tracker()
     if rank == 0:
         layout.run_dir.mkdir(parents=True, exist_ok=True)
         for path in remove_stale_temporaries(layout.run_dir):
             logger.info("removed %s, left by a process that died", path)
         write_config(layout, config)
-        tracker = tracker or make_tracker(config, layout.run_dir, command=command)
-    tracker = tracker or Tracker()
-    parent = tracker.parent(config.exp, run_tags(config, command), flatten(config))
+        tracker = make_tracker(config, layout.run_dir, command=command)
+    parent = tracker.parent(config.exp, {**run_tags(config, command), **(parent_tags or {})}, flatten(config),
+                            passive=passive)
     run = RunContext(config, layout, dataset, step_plan(config, dataset, rank, world_size), tracker, parent, command,
                      rank, world_size)
-    if rank == 0:
+    if rank == 0 and not passive:
         fast = resolve_fast_path(config.train, run.new_model(), distributed.device_for(config), dataset.input_shape)
         parent.log_params(fast.as_params())
+    return run
+
+
+def close_run(run: RunContext, status: str) -> None:
+    """Publish the run directory's report to its parent run (when finished, rank 0) and close tracking."""
+    from lottery.report.run_report import publish
+
+    if run.is_main and status == "FINISHED":
+        publish(run.layout, run.tracker, run.parent)  # figures, masks and the report; never raises
+    run.tracker.close(status)
+
+
+@contextmanager
+def open_run(config: Config, command: str, dataset=None):
+    """attach_run, then close_run FINISHED (or FAILED on an exception) around a command's stages."""
+    run = attach_run(config, command, dataset)
     status = "FAILED"
     try:
         yield run
-        if rank == 0:
-            publish(layout, tracker, parent)  # figures, masks and the report; never raises
         status = "FINISHED"
     finally:
-        if own_tracker:
-            tracker.close(status)
+        close_run(run, status)

@@ -38,12 +38,21 @@ class Stage:
     def name(self) -> str:
         raise NotImplementedError
 
+    @property
+    def kind(self) -> str:
+        """What the stage is, for counts and displays: init, rewind, level, dense, branch, baseline."""
+        return self.name
+
     def needs(self, config) -> tuple["Stage", ...]:
         """The stages whose outputs this one reads (for the experiment graph)."""
         return ()
 
     def lock_path(self, layout: RunLayout) -> Path:
         return layout.lock_file(self.name.replace("/", "_"))
+
+    def log_file(self, layout: RunLayout) -> Path:
+        """Where a scheduled run of this stage logs."""
+        return layout.run_dir / f"{self.name.replace('/', '_')}.log"
 
     def done(self, layout: RunLayout) -> bool:
         raise NotImplementedError
@@ -56,19 +65,32 @@ class Stage:
         raise NotImplementedError
 
 
+class StageBusy(Exception):
+    """Another process holds the stage's lock (and this caller asked not to wait)."""
+
+
 def run_stage(run: RunContext, stage: Stage):
-    """Run `stage` unless it is done; return its result. Every rank calls this; rank 0 decides and locks."""
+    """Run `stage` unless it is done; return its result. Waits while another process runs it."""
+    return claim_and_run(run, stage, wait=True)[0]
+
+
+def claim_and_run(run: RunContext, stage: Stage, wait: bool = True) -> tuple[object, bool]:
+    """(result, whether this call computed it). Every rank calls this; rank 0 decides and locks.
+
+    With wait=False, StageBusy is raised at once when another process holds the stage's lock, so a scheduler
+    can run something else meanwhile; the lock is the claim, so no two processes ever run one stage.
+    """
     if distributed.broadcast_object(stage.done(run.layout) if run.is_main else None):
-        return _result(run, stage)
-    lock = FileLock(stage.lock_path(run.layout), what=f"stage {stage.name} of {run.run_dir}")
-    if run.is_main:
-        if not lock.acquire():  # waits while another process runs the stage
-            raise RuntimeError(f"could not lock {lock.path}")
+        return _result(run, stage), False
+    lock = FileLock(stage.lock_path(run.layout), wait=wait, what=f"stage {stage.name} of {run.run_dir}")
+    claimed = lock.acquire() if run.is_main else True
+    if not distributed.broadcast_object(claimed):
+        raise StageBusy(stage.name)
     try:
         if distributed.broadcast_object(stage.done(run.layout) if run.is_main else None):
             logger.info("%s: finished by another process", stage.name)
-            return _result(run, stage)
-        return stage.execute(run)
+            return _result(run, stage), False
+        return stage.execute(run), True
     finally:
         lock.release()
 
@@ -96,8 +118,15 @@ class TrainingStage(Stage):
     def name(self) -> str:
         return self.ref.key
 
+    @property
+    def kind(self) -> str:
+        return self.ref.kind
+
     def lock_path(self, layout: RunLayout) -> Path:
         return layout.directory(self.ref) / ".lock"
+
+    def log_file(self, layout: RunLayout) -> Path:
+        return RunLayout.stage_files(layout.directory(self.ref))["stage.log"]
 
     def done(self, layout: RunLayout) -> bool:
         return (layout.directory(self.ref) / DONE).exists()

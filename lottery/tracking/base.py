@@ -15,6 +15,8 @@ from lottery.config import config_hash
 class RunHandle:
     """One tracked run (the parent or a child). The base class does nothing."""
 
+    run_id: Optional[str] = None  # the store's id, once known
+
     def log_params(self, params: dict[str, Any]) -> None:
         pass
 
@@ -40,7 +42,8 @@ class Tracker:
     enabled = False
     degraded = False  # MlflowTracker: tracking failed and is off for the rest of the run
 
-    def parent(self, name: str, tags: dict[str, str], params: dict[str, Any]) -> RunHandle:
+    def parent(self, name: str, tags: dict[str, str], params: dict[str, Any], passive: bool = False) -> RunHandle:
+        """The run of the whole run directory; `passive`: another process owns it (its status is left alone)."""
         return RunHandle()
 
     def child(self, key: str, name: str, params: dict[str, Any]) -> RunHandle:

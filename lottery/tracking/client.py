@@ -115,6 +115,7 @@ class MlflowTracker(Tracker):
         self.error: Optional[str] = None
         self.reattached: list[str] = []
         self._parent: Optional[MlflowRunHandle] = None
+        self._parent_passive = False  # a worker's view of a parent another process owns: never finished here
         self._handles: dict[str, MlflowRunHandle] = {}
         self._open: dict[str, MlflowRunHandle] = {}
         self._closed = False
@@ -129,12 +130,13 @@ class MlflowTracker(Tracker):
     def degraded(self) -> bool:
         return self.error is not None
 
-    def parent(self, name: str, tags: dict[str, str], params: dict[str, Any]) -> RunHandle:
+    def parent(self, name: str, tags: dict[str, str], params: dict[str, Any], passive: bool = False) -> RunHandle:
         if self._parent is None:
             base = {"exp": self.config.exp, "config_hash": config_hash(self.config), "seed": str(self.config.seed),
                     "command": self.command, "run_dir": str(self.run_dir.resolve())}
             self._parent = self._handle(PARENT_KEY)
-            self._send("attach", PARENT_KEY, name, {**base, **tags}, flat_params(params), None)
+            self._parent_passive = passive
+            self._send("attach", PARENT_KEY, name, {**base, **tags}, flat_params(params), None, passive)
         return self._parent
 
     def child(self, key: str, name: str, params: dict[str, Any]) -> RunHandle:
@@ -164,8 +166,10 @@ class MlflowTracker(Tracker):
             return
         for handle in list(self._open.values()):
             handle.finish(status)
-        if self._parent is not None:
+        if self._parent is not None and not self._parent_passive:
             self._parent.finish(status)
+        elif self._parent is not None:
+            self._parent.upload_metrics()
         self._closed = True
         if self._process is None:
             return

@@ -133,8 +133,10 @@ class _Store:
             self.client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
 
-    def attach(self, key: str, name: str, tags: dict, params: dict, parent_key: Optional[str]) -> None:
-        """Re-attach to the key's run in tracking.json, or create it; then log tags and new params."""
+    def attach(self, key: str, name: str, tags: dict, params: dict, parent_key: Optional[str],
+               passive: bool = False) -> None:
+        """Re-attach to the key's run in tracking.json, or create it; then log tags and new params.
+        `passive`: another process owns the run, so its status is left as it is."""
         if parent_key in self.runs:
             tags = {**tags, "mlflow.parentRunId": self.runs[parent_key]}
         if key == PARENT_KEY:  # here, not in training: two git calls cost the first level ~9 ms
@@ -147,7 +149,7 @@ class _Store:
             self.outbox.send(("attached", key, run.info.run_id, False))
             return
         run_id = self.runs[key] = run.info.run_id
-        if run.info.status != "FINISHED" or key == PARENT_KEY:
+        if not passive and (run.info.status != "FINISHED" or key == PARENT_KEY):
             self.client.update_run(run_id, status="RUNNING")
         self.stored_steps[key] = {metric: max(m.step for m in self.client.get_metric_history(run_id, metric))
                                   for metric in run.data.metrics}

@@ -1,0 +1,99 @@
+"""The local executor: a pool of worker processes (spawn), one per visible GPU times run.jobs_per_device, or on a
+CPU machine run.workers of them with the CPU threads split between them. Each worker sees only its device.
+
+With a single slot the stages run in this process, in dependency order, with no pool to start.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import multiprocessing
+import os
+import time
+from typing import Callable, Optional
+
+from lottery.orchestrate.graph import Graph, Node
+from lottery.orchestrate.progress import Progress
+from lottery.orchestrate.scheduler import Scheduler
+from lottery.orchestrate.worker import Outcome, Slot, Task, execute, ready, start_worker
+
+logger = logging.getLogger(__name__)
+
+
+def slots_for(config, gpu_count: Optional[int] = None, cpu_count: Optional[int] = None) -> list[Slot]:
+    """One slot per GPU per job (or run.workers CPU slots, threads split evenly); CUDA_VISIBLE_DEVICES respected."""
+    if gpu_count is None:
+        import torch
+
+        gpu_count = torch.cuda.device_count() if config.train.device in ("auto", "cuda") else 0
+    if gpu_count:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        devices = visible.split(",")[:gpu_count] if visible else [str(index) for index in range(gpu_count)]
+        return [Slot(device, None) for device in devices for _ in range(config.run.jobs_per_device)]
+    cores = cpu_count or os.cpu_count() or 1
+    workers = config.run.workers
+    threads = max(1, cores // workers) if workers > 1 else None  # one worker keeps lottery's own thread choice
+    return [Slot(None, threads) for _ in range(workers)]
+
+
+def run_local(graph: Graph, task_of: Callable[[Node], Task], slots: list[Slot], progress: Progress,
+              in_process: Optional[Callable[[Node], object]] = None) -> dict[Node, Outcome]:
+    """Run the graph; `in_process(node)` gives the run context to use when there is a single slot."""
+    scheduler = Scheduler(graph)
+    if len(slots) == 1 and in_process is not None:
+        return _sequential(scheduler, task_of, progress, in_process)
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    for slot in slots:
+        queue.put(slot)
+    with concurrent.futures.ProcessPoolExecutor(len(slots), mp_context=context, initializer=start_worker,
+                                                initargs=(queue,)) as pool:
+        for warm in [pool.submit(ready) for _ in slots]:  # start (and import in) every worker at once
+            warm.result()
+        futures: dict[concurrent.futures.Future, Node] = {}
+        while not scheduler.complete:
+            for node in scheduler.ready()[:len(slots) - len(futures)]:
+                scheduler.start(node)
+                futures[pool.submit(execute, task_of(node))] = node
+                progress.running = len(futures)
+            progress.update()
+            if not futures:
+                time.sleep(max(scheduler.next_wakeup(), 0.05))
+                continue
+            finished, _ = concurrent.futures.wait(futures, timeout=1.0, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                node = futures.pop(future)
+                _record(scheduler, progress, node, _outcome(future, node))
+            progress.running = len(futures)
+    return scheduler.outcomes
+
+
+def _outcome(future: concurrent.futures.Future, node: Node) -> Outcome:
+    try:
+        return future.result()
+    except Exception as error:  # noqa: BLE001 - a worker that died (killed, out of memory) fails its stage
+        return Outcome(node.key, "failed", error=f"the worker died ({type(error).__name__}: {error})")
+
+
+def _sequential(scheduler: Scheduler, task_of, progress: Progress, in_process) -> dict[Node, Outcome]:
+    while not scheduler.complete:
+        ready = scheduler.ready()
+        if not ready:
+            time.sleep(max(scheduler.next_wakeup(), 0.05))
+            continue
+        node = ready[0]
+        scheduler.start(node)
+        progress.running = 1
+        progress.update()
+        outcome = execute(task_of(node), run=in_process(node))
+        progress.running = 0
+        _record(scheduler, progress, node, outcome)
+    return scheduler.outcomes
+
+
+def _record(scheduler: Scheduler, progress: Progress, node: Node, outcome: Outcome) -> None:
+    blocked = scheduler.finish(node, outcome)
+    if outcome.status != "busy":
+        progress.finished(node.key, outcome.status, outcome.seconds, outcome.row, outcome.log, outcome.error)
+    for other, reason in blocked:
+        progress.finished(other.key, "blocked", 0.0, error=reason.error)
