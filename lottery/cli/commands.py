@@ -117,8 +117,14 @@ def search(args, argv) -> int:
 
 
 def report(args, argv) -> int:
+    from lottery.report.aggregate import build_experiment_report, is_experiment_dir
     from lottery.report.run_report import build_report
 
+    if is_experiment_dir(Path(args.run_dir)):
+        built = build_experiment_report(Path(args.run_dir), Path(args.out) if args.out else None)
+        print((built.directory / "aggregate.md").read_text())
+        print(f"report written to {built.directory}: {', '.join(path.name for path in built.files)}")
+        return 0
     built = build_report(Path(args.run_dir), Path(args.out) if args.out else None)
     print(built.table)
     print(f"\nreport written to {built.directory}: {', '.join(path.name for path in built.files)}")

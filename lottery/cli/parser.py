@@ -80,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///optuna.db)")
     search.add_argument("--study", default=None, help="study name (default <exp>-<space>)")
 
-    report = _command(commands, "report", "tables and figures from a run directory", "", config=False)
-    report.add_argument("run_dir", help="runs/<exp>/<hash>/seed_<s>")
+    report = _command(commands, "report", "tables and figures from a run directory, or the seeds of an experiment "
+                      "aggregated", "", config=False)
+    report.add_argument("run_dir", help="runs/<exp>/<hash>/seed_<s> (one seed) or runs/<exp>/<hash> (every seed)")
     report.add_argument("--out", default=None, help="figure folder (default: RUN_DIR/report)")
 
     sync = _command(commands, "sync", "upload a finished run directory to MLflow", "", config=False)

@@ -19,6 +19,8 @@ from lottery.orchestrate.worker import Outcome, Slot, Task, execute, ready, star
 
 logger = logging.getLogger(__name__)
 
+WORKER_DEATHS = 2  # a stage whose worker died more often than this fails
+
 
 def slots_for(config, gpu_count: Optional[int] = None, cpu_count: Optional[int] = None) -> list[Slot]:
     """One slot per GPU per job (or run.workers CPU slots, threads split evenly); CUDA_VISIBLE_DEVICES respected."""
@@ -42,6 +44,15 @@ def run_local(graph: Graph, task_of: Callable[[Node], Task], slots: list[Slot], 
     scheduler = Scheduler(graph)
     if len(slots) == 1 and in_process is not None:
         return _sequential(scheduler, task_of, progress, in_process)
+    deaths: dict[Node, int] = {}
+    while not scheduler.complete:  # a new pool after a worker died: the pool breaks with it
+        _drive_pool(scheduler, task_of, slots, progress, deaths)
+    return scheduler.outcomes
+
+
+def _drive_pool(scheduler: Scheduler, task_of, slots: list[Slot], progress: Progress, deaths: dict) -> None:
+    """Run stages on a fresh pool until the graph is complete or a worker dies (which breaks the pool: the stages
+    it and its siblings were running are queued again, up to WORKER_DEATHS times each, then failed)."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     for slot in slots:
@@ -63,16 +74,25 @@ def run_local(graph: Graph, task_of: Callable[[Node], Task], slots: list[Slot], 
             finished, _ = concurrent.futures.wait(futures, timeout=1.0, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in finished:
                 node = futures.pop(future)
-                _record(scheduler, progress, node, _outcome(future, node))
+                try:
+                    outcome = future.result()
+                except concurrent.futures.process.BrokenProcessPool:
+                    _requeue([node, *futures.values()], scheduler, progress, deaths)
+                    return
+                _record(scheduler, progress, node, outcome)
             progress.running = len(futures)
-    return scheduler.outcomes
 
 
-def _outcome(future: concurrent.futures.Future, node: Node) -> Outcome:
-    try:
-        return future.result()
-    except Exception as error:  # noqa: BLE001 - a worker that died (killed, out of memory) fails its stage
-        return Outcome(node.key, "failed", error=f"the worker died ({type(error).__name__}: {error})")
+def _requeue(nodes: list[Node], scheduler: Scheduler, progress: Progress, deaths: dict) -> None:
+    logger.warning("a worker died (killed or out of memory); its pool restarts and %d running stage(s) are queued "
+                   "again", len(nodes))
+    for node in nodes:
+        deaths[node] = deaths.get(node, 0) + 1
+        if deaths[node] > WORKER_DEATHS:
+            _record(scheduler, progress, node, Outcome(node.key, "failed", error=f"its worker died {deaths[node]} "
+                                                                                 "times"))
+        else:
+            scheduler.running.discard(node)
 
 
 def _sequential(scheduler: Scheduler, task_of, progress: Progress, in_process) -> dict[Node, Outcome]:

@@ -67,6 +67,12 @@ class Aggregate:
         return sorted(names, key=lambda name: (name != IMP, not name.startswith("branch"), name))
 
 
+def is_experiment_dir(directory: Path) -> bool:
+    """runs/<exp>/<hash>: seed folders below, and no run directory's config.yaml of its own."""
+    return directory.is_dir() and not (directory / "config.yaml").exists() and any(
+        RunLayout.SEED_PATTERN.match(path.name) for path in directory.iterdir())
+
+
 def collect(experiment_dir: Path) -> dict[int, list[dict]]:
     """seed -> its results rows."""
     layout = RunLayout(Path(experiment_dir).parent.parent, Path(experiment_dir).parent.name,

@@ -132,6 +132,8 @@ class StageRef:
 class RunLayout:
     """Every path of one seed's run directory (and of its experiment folder)."""
 
+    SEED_PATTERN = SEED_PATTERN
+
     def __init__(self, root, exp: str, config_hash: str, seed: int):
         self.root, self.exp, self.config_hash, self.seed = Path(root), exp, config_hash, seed
         self._run_dir: Optional[Path] = None  # set by `at` for a folder not named seed_<s>
