@@ -15,7 +15,7 @@ from lottery.benchmarks.registry import BENCHMARKS, format_table, select
 from lottery.benchmarks.mask_storage import bits_per_weight, entropy_bits
 from lottery.benchmarks.masking import MaskingCase, contenders, random_mask
 from lottery.benchmarks import tracking_overhead
-from lottery.benchmarks.orchestration import RunTimes
+from lottery.benchmarks.bookkeeping import RunTimes
 from lottery.benchmarks.result import BenchEntry, Goal
 from lottery.benchmarks.timing import interleaved, rotated
 from lottery.benchmarks.tracking_overhead import RunTime
@@ -151,7 +151,7 @@ def test_random_mask_density_and_mask_file_size(tmp_path):
     assert entropy_bits(0.2) == pytest.approx(0.7219, abs=1e-4)
 
 
-def test_orchestration_ratio_arithmetic():
+def test_bookkeeping_ratio_arithmetic():
     times = RunTimes(level=[1.2, 1.4], train=[1.1, 1.2], checkpoints=[0.1, 0.2], checkpoint_count=[3, 3],
                      tail=0.3, total=5.0)
     # level 1: outside 0.1 + checkpoints 0.1 + tail share 0.1, over pure training 1.0

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from lottery.benchmarks.result import BenchEntry, Goal
-from lottery.benchmarks.orchestration import EXPERIMENT, digits_config
+from lottery.benchmarks.bookkeeping import EXPERIMENT, digits_config
 from lottery.config import Config
 from lottery.workflows.ticket import run_ticket
 from lottery.tracking.client import MlflowRunHandle, MlflowTracker

@@ -1,4 +1,4 @@
-"""Orchestration overhead: what a ticket level spends outside its training steps, on digits.
+"""Bookkeeping per level: what a ticket level spends outside its training steps (checkpoints, files, tracking).
 
 `lottery ticket --exp digits` runs with MLflow tracking on (sqlite in a temporary folder) and
 its default mid-level checkpoints (ticket.checkpoint_every). For every level after the dense one:
@@ -83,7 +83,7 @@ def ticket_config(folder: Path, tracked: bool, levels: int | None) -> Config:
 @contextlib.contextmanager
 def _replaced(module, name: str, replacement):
     if not hasattr(module, name):
-        raise RuntimeError(f"orchestration benchmark: {module.__name__}.{name} no longer exists; update the benchmark")
+        raise RuntimeError(f"bookkeeping benchmark: {module.__name__}.{name} no longer exists; update the benchmark")
     original = getattr(module, name)
     setattr(module, name, replacement)
     try:
@@ -122,7 +122,7 @@ def run(quick: bool = False) -> list[BenchEntry]:
     repeats, levels = (1, 1) if quick else (2, None)
     tracked: list[RunTimes] = []
     bare: list[RunTimes] = []
-    with tempfile.TemporaryDirectory(prefix="lottery-bench-orchestration-") as folder:
+    with tempfile.TemporaryDirectory(prefix="lottery-bench-bookkeeping-") as folder:
         for repeat in range(repeats):
             tracked.append(timed_ticket(ticket_config(Path(folder) / f"tracked_{repeat}", True, levels)))
             if not quick:
@@ -162,6 +162,6 @@ def _entry(tracked: list[RunTimes], bare: list[RunTimes], quick: bool) -> BenchE
                               "competition for the cores, and machine noise between the runs")
         details["bare_run_seconds"] = [times.total for times in bare]
     value = _median_percent(ratios)
-    logger.info("orchestration: %.2f%% of level training time (checkpoints %.3f s/level, outside train %.3f s/level)",
+    logger.info("bookkeeping: %.2f%% of level training time (checkpoints %.3f s/level, outside train %.3f s/level)",
                 value, details["checkpoint_seconds_median"], details["outside_train_seconds_median"])
-    return BenchEntry("orchestration.digits", value, "% of level training time", GOAL, details)
+    return BenchEntry("bookkeeping.digits", value, "% of level training time", GOAL, details)
