@@ -74,6 +74,7 @@ class BaselineConfig:
     schedule: str = "exponential"
     samples_per_class: int = 10
     grasp_temperature: float = 200.0
+    bn_mode: str = "auto"  # BatchNorm while SNIP/GraSP score: train, eval, or auto (each method's reference)
     isometry: bool = False
     isometry_steps: int = 100
 
@@ -141,6 +142,7 @@ CHOICES = {
     "train.progress": ("auto", "on", "off"),
     "prune.scope": ("global", "layerwise"),
     "baseline.schedule": ("exponential", "linear"),
+    "baseline.bn_mode": ("auto", "train", "eval"),
     "search.objective": ("accuracy", "steps_to_dense"),
     "search.pruner": ("median", "hyperband", "none"),
 }
