@@ -95,7 +95,7 @@ class TrackConfig:
 
 @dataclass
 class SearchConfig:
-    objective: str = "accuracy"
+    objective: str = "val_accuracy"  # selects on validation; test_accuracy only by name (lottery/search/objective.py)
     target_density: Optional[float] = None
     pruner: str = "median"
     multi_objective: bool = False
@@ -143,7 +143,7 @@ CHOICES = {
     "prune.scope": ("global", "layerwise"),
     "baseline.schedule": ("exponential", "linear"),
     "baseline.bn_mode": ("auto", "train", "eval"),
-    "search.objective": ("accuracy", "steps_to_dense"),
+    "search.objective": ("val_accuracy", "steps_to_dense", "test_accuracy"),
     "search.pruner": ("median", "hyperband", "none"),
 }
 STEP_KEYS = ("train.steps", "train.warmup", "train.eval_every", "ticket.rewind_step", "ticket.checkpoint_every")
