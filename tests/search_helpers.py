@@ -16,13 +16,15 @@ def make_request(tmp_path: Path, trials: int, space: dict | None = None, study: 
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(space or FRACTION_SPACE))
     loaded = load_space(path)
-    base = {"ticket.levels": 2, "search.pruner": "none", "search.heartbeat_seconds": 1, **overrides}
+    base = {"ticket.levels": 2, "search.pruner": "none", "search.heartbeat_seconds": 1, "data.val_size": 64,
+            **overrides}
     config = search_config(tiny_config(tmp_path, **{k.replace(".", "__"): v for k, v in base.items()}), loaded)
     return SearchRequest(config, loaded, trials, f"sqlite:///{tmp_path / 'optuna.db'}", study)
 
 
 class FakeRunner:
-    """Levels with density (1-p)^L and accuracy from `accuracy(call, level, config)`; records every call.
+    """Levels with density (1-p)^L and validation accuracy from `accuracy(call, level, config)`; records every
+    call. Test accuracies differ from the validation ones (so a test can tell which split a value came from).
 
     `fail_on` maps a call index to an exception to raise before any level.
     """
@@ -42,11 +44,12 @@ class FakeRunner:
             acc = self.accuracy(call, level, config)
             record["levels"].append(level)
             on_row({"stage": f"level_{level:02d}", "level": level, "density": (1 - config.prune.fraction) ** level,
-                    "best_test_acc": acc,
-                    "final_test_acc": acc - 0.01})
+                    "final_val_acc": acc, "best_test_acc": acc + 0.02, "final_test_acc": acc - 0.01})
 
     def history(self, config, row) -> list[dict]:
-        return [{"step": 10, "test_acc": row["best_test_acc"] - 0.05}, {"step": 20, "test_acc": row["best_test_acc"]}]
+        val = row["final_val_acc"]
+        return [{"step": 10, "val_acc": val - 0.05, "test_acc": val + 0.02},
+                {"step": 20, "val_acc": val, "test_acc": row["final_test_acc"]}]
 
     def as_runner(self) -> Runner:
         return Runner(self.run, self.history)
@@ -60,7 +63,7 @@ def write_experiment(tmp_path: Path, name: str = "tiny_search", steps: str = "40
     """A tiny digits experiment YAML for `lottery search` subprocesses (seconds per trial, offline)."""
     experiment = {
         "model": {"name": "lenet_32", "init": "kaiming_normal"},
-        "data": {"name": "digits"},
+        "data": {"name": "digits", "val_size": 200},
         "train": {"steps": steps, "batch_size": 32, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9,
                   "eval_every": eval_every, "device": "cpu", "progress": "off"},
         "ticket": {"levels": levels, "checkpoint_every": eval_every},

@@ -12,8 +12,9 @@ def test_prune_json_is_one_object_with_the_contract_keys(method, capsys):
                  "data.subset=600", "baseline.rounds=5"]) == 0
     out = capsys.readouterr().out.strip()
     report = json.loads(out)  # fails if anything else is printed
-    assert set(report) == {"method", "density", "compression", "layers", "collapsed"}
+    assert set(report) == {"method", "density", "compression", "layers", "collapsed", "bn_mode"}
     assert report["method"] == method
+    assert report["bn_mode"] == {"snip": "eval", "grasp": "train"}.get(method)  # each reference code's mode
     kept = sum(layer["kept"] for layer in report["layers"].values())
     total = sum(layer["total"] for layer in report["layers"].values())
     assert kept == round(0.1 * total)
@@ -44,7 +45,7 @@ def test_collapsed_layers_are_reported(capsys):
 def test_critical_compression_json(capsys):
     assert main(["prune", "--exp", "digits", "--method", "magnitude", "--critical", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert set(report) == {"method", "critical_compression", "density", "precision", "probes"}
+    assert set(report) == {"method", "critical_compression", "density", "precision", "probes", "bn_mode"}
     assert 0.5 < report["critical_compression"] < 5
     assert 0 < report["precision"] <= 0.05
     probes = [probe["compression"] for probe in report["probes"]]
@@ -68,3 +69,9 @@ def test_prune_reads_the_experiment_data_root(tmp_path, capsys):
     code = main(["prune", "--exp", "lenet300", "--method", "snip", "--density", "0.1", f"data.root={tmp_path}"])
     assert code == 1
     assert str(tmp_path) in capsys.readouterr().err
+
+
+def test_the_batchnorm_mode_is_reported_as_chosen(capsys):
+    assert main(["prune", "--exp", "digits", "--method", "snip", "--density", "0.1", "--json",
+                 "baseline.bn_mode=train"]) == 0
+    assert json.loads(capsys.readouterr().out)["bn_mode"] == "train"

@@ -112,7 +112,8 @@ def _assert_same(before, after):
 
 @pytest.mark.parametrize("method", [name for name, m in METHODS.items() if not m.structured])
 @pytest.mark.parametrize("grads", ["none", "tensor"])
-def test_scorers_have_no_side_effects(method, grads):
+@pytest.mark.parametrize("bn_mode", ["train", "eval"])
+def test_scorers_have_no_side_effects(method, grads, bn_mode):
     torch.manual_seed(0)
     model = Net()
     model.train()
@@ -126,7 +127,7 @@ def test_scorers_have_no_side_effects(method, grads):
     data = [(torch.randn(12, 2, 4, 4, generator=generator), torch.randint(0, 3, (12,), generator=generator))]
     mask = random_mask(model, 0.6)
     before = _snapshot(model)
-    scorer = METHODS[method].make_scorer(ScoringContext(model, data, (2, 4, 4), PruneSpec(method)))
+    scorer = METHODS[method].make_scorer(ScoringContext(model, data, (2, 4, 4), PruneSpec(method, bn_mode=bn_mode)))
     scores = scorer(mask)
     _assert_same(before, _snapshot(model))
     assert scores.keys() == set(mask.names)

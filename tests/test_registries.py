@@ -9,7 +9,7 @@ import torch
 from lottery.benchmarks.registry import BENCHMARKS
 from lottery.config import BaselineConfig, ModelConfig
 from lottery.models import MODELS, build_model
-from lottery.pruning.mask import Mask, prunable_parameters
+from lottery.pruning.mask import prunable_parameters
 from lottery.pruning.methods import METHODS
 from lottery.pruning.prune import PruneSpec, prune
 from lottery.training.loop import TrainJob, train

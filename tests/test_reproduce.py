@@ -1,4 +1,3 @@
-import pytest
 
 from lottery.workflows.reproduce import _lth_markdown, lth_figures, lth_summary
 

@@ -38,10 +38,13 @@ def test_a_single_objective_study_completes_the_requested_trials_and_saves_the_b
                                              for level in range(3)}
     assert len({trial.user_attrs["run_dir"] for trial in study.get_trials()}) == 3
     best = json.loads((outcome.directory / "best.json").read_text())
-    assert best["number"] == study.best_trial.number and best["values"]["accuracy"] == study.best_value
+    assert best["number"] == study.best_trial.number and best["values"]["val_accuracy"] == study.best_value
+    assert best["selection"] == "validation" and study.user_attrs["selection"] == "validation"
     assert best["params"]["prune.fraction"] == min(t.params["prune.fraction"] for t in study.get_trials())
     trials = json.loads((outcome.directory / "trials.json").read_text())["trials"]
     assert [t["state"] for t in trials] == ["COMPLETE"] * 3
+    assert all(set(trial.user_attrs["level_02"]) == {"val_accuracy", "density", "final_test_acc", "max_test_acc",
+                                                     "final_val_acc"} for trial in study.get_trials())
     for plot in ("optimization_history", "intermediate_values", "param_importances"):
         assert (outcome.directory / "plots" / f"{plot}.png").stat().st_size > 1000
     assert outcome.directory == tmp_path / "runs" / "tiny" / "search" / "study"
@@ -67,8 +70,8 @@ def test_the_pruner_follows_the_config_and_multi_objective_never_prunes(tmp_path
 
 def dominated(a, b):
     """b dominates a: accuracy at least as high and density at least as low, one strictly."""
-    return (b["accuracy"] >= a["accuracy"] and b["density"] <= a["density"]
-            and (b["accuracy"] > a["accuracy"] or b["density"] < a["density"]))
+    return (b["val_accuracy"] >= a["val_accuracy"] and b["density"] <= a["density"]
+            and (b["val_accuracy"] > a["val_accuracy"] or b["density"] < a["density"]))
 
 
 def test_multi_objective_search_saves_the_pareto_front(tmp_path, caplog):
@@ -88,7 +91,7 @@ def test_multi_objective_search_saves_the_pareto_front(tmp_path, caplog):
     points = [t["values"] for t in json.loads((outcome.directory / "trials.json").read_text())["trials"]]
     assert pareto and sorted(p["number"] for p in pareto) == sorted(t.number for t in study.best_trials)
     for entry in pareto:
-        assert set(entry["values"]) == {"accuracy", "density"}
+        assert set(entry["values"]) == {"val_accuracy", "density"}
         assert not any(dominated(entry["values"], other) for other in points)
     assert not (outcome.directory / "best.json").exists()
     assert (outcome.directory / "plots" / "pareto_front.png").stat().st_size > 1000
@@ -163,7 +166,7 @@ def test_steps_to_dense_is_minimised(tmp_path):
     run_search(request, fake.as_runner())
     study = load(request)
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
-    # Dense final accuracy is 0.89. Trial 0's last level evaluates 0.87 at step 10 and 0.92 at step 20;
+    # Dense final validation accuracy is 0.9. Trial 0's last level evaluates 0.87 at step 10 and 0.92 at step 20;
     # trial 1's (0.77, 0.82) never gets there and scores twice its 20 steps.
     assert [trial.value for trial in study.get_trials()] == [20.0, 40.0]
 
@@ -195,3 +198,53 @@ def test_a_bad_storage_url_exits_2(tmp_path, capsys, url, words):
     code = main(["search", "--exp", "digits", "--space", str(space), "--trials", "1", "--storage", url,
                  f"run.root={tmp_path}"])
     assert code == 2 and words in capsys.readouterr().err
+
+
+def test_the_default_objective_is_the_final_validation_accuracy_not_a_test_number(tmp_path):
+    request = make_request(tmp_path, trials=2)
+    fake = FakeRunner()
+    run_search(request, fake.as_runner())
+    for call, trial in zip(fake.calls, load(request).get_trials()):
+        validation = 0.9 - 0.2 * call["config"].prune.fraction  # the fake's last level; test numbers differ
+        assert trial.value == pytest.approx(validation)
+        assert trial.user_attrs["level_02"]["final_test_acc"] == pytest.approx(validation - 0.01)  # still reported
+
+
+def test_a_search_without_a_validation_split_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(ConfigError, match=r"data.val_size.*add data.val_size=N"):
+        make_request(tmp_path, trials=1, **{"data.val_size": 0})
+    with pytest.raises(ConfigError, match="data.val_size"):
+        make_request(tmp_path, trials=1, **{"data.val_size": 0, "search.objective": "steps_to_dense"})
+    assert not (tmp_path / "optuna.db").exists()
+
+
+def test_test_accuracy_is_searched_only_by_name_and_the_study_is_tagged(tmp_path, caplog):
+    request = make_request(tmp_path, trials=2, **{"data.val_size": 0, "search.objective": "test_accuracy"})
+    fake = FakeRunner()
+    with caplog.at_level("WARNING", logger="lottery.search"):
+        outcome = run_search(request, fake.as_runner())
+    assert "selects on the test set" in caplog.text
+    study = load(request)
+    assert study.user_attrs["selection"] == "test_set"
+    for call, trial in zip(fake.calls, study.get_trials()):
+        assert trial.value == pytest.approx(0.9 - 0.2 * call["config"].prune.fraction - 0.01)  # final test acc
+    best = json.loads((outcome.directory / "best.json").read_text())
+    assert best["selection"] == "test_set" and set(best["values"]) == {"test_accuracy"}
+    assert json.loads((outcome.directory / "trials.json").read_text())["selection"] == "test_set"
+    # A validation search cannot join it, nor the other way round.
+    with pytest.raises(ConfigError, match="search.objective"):
+        run_search(make_request(tmp_path, trials=2), FakeRunner().as_runner())
+
+
+def test_every_search_plot_labels_both_axes_in_our_terms(tmp_path):
+    from lottery.search.engine import search_figures
+
+    request = make_request(tmp_path, trials=3)
+    run_search(request, FakeRunner().as_runner())
+    figures = search_figures(load(request), request.config, complete=3)
+    assert set(figures) == {"optimization_history", "intermediate_values", "param_importances"}
+    for name, figure in figures.items():
+        axes = figure.axes[0]
+        assert axes.get_xlabel() and axes.get_ylabel(), name
+    assert figures["intermediate_values"].axes[0].get_xlabel() == "level"
+    assert "validation" in figures["optimization_history"].axes[0].get_ylabel()

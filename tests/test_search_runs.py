@@ -38,7 +38,7 @@ def test_ticket_trials_score_steps_to_dense_from_the_level_histories(tmp_path):
         assert [row["level"] for row in results] == [0, 1]
         assert results[1]["density"] == pytest.approx(1 - trial.params["prune.fraction"], abs=0.02)
         history = read_json(run_dir / "level_01" / "metrics.json")["history"]
-        assert trial.value == steps_to_dense(history, results[0]["final_test_acc"])
+        assert trial.value == steps_to_dense(history, results[0]["final_val_acc"])  # validation, not test
         assert trial.value in {float(r["step"]) for r in history} | {80.0}
 
 
@@ -56,7 +56,7 @@ def test_baselines_trials_prune_at_init_to_the_fixed_density(tmp_path):
                 if row["method"] == trial.params["baseline.method"] and row.get("stage") in trial.user_attrs["stages"]]
         assert len(rows) == 1
         assert rows[0]["density"] == pytest.approx(0.3, abs=0.01)
-        assert trial.value == rows[0]["best_test_acc"]
+        assert trial.value == rows[0]["final_val_acc"]
 
 
 def test_the_search_is_a_parent_mlflow_run_with_a_child_per_trial(tmp_path):
@@ -71,6 +71,7 @@ def test_the_search_is_a_parent_mlflow_run_with_a_child_per_trial(tmp_path):
     runs = client.search_runs([experiment.experiment_id])
     parents = [run for run in runs if run.data.tags.get("kind") == "search"]
     assert len(parents) == 1 and parents[0].data.tags["optuna_study"] == request.name
+    assert parents[0].data.tags["selection"] == "validation"
     parent = parents[0]
     children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     study = optuna.load_study(study_name=request.name, storage=request.storage)
@@ -79,11 +80,13 @@ def test_the_search_is_a_parent_mlflow_run_with_a_child_per_trial(tmp_path):
     for trial in study.get_trials():
         child = by_trial[trial.number]
         assert float(child.data.params["prune.fraction"]) == pytest.approx(trial.params["prune.fraction"])
-        assert child.data.metrics["accuracy"] == pytest.approx(trial.value)
+        assert child.data.metrics["val_accuracy"] == pytest.approx(trial.value)
+        assert {"final_test_acc", "max_test_acc", "final_val_acc"} <= set(child.data.metrics)
+        assert child.data.tags["selection"] == "validation"
         assert child.data.tags["state"] == "COMPLETE" and child.info.status == "FINISHED"
     artifacts = {item.path for item in client.list_artifacts(parent.info.run_id)}
     assert {"best.json", "trials.json", "plots"} <= artifacts
     plots = {item.path for item in client.list_artifacts(parent.info.run_id, "plots")}
     assert "plots/optimization_history.png" in plots
     best = json.loads((outcome.directory / "best.json").read_text())
-    assert parent.data.metrics["best_accuracy"] == pytest.approx(best["values"]["accuracy"])
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(best["values"]["val_accuracy"])

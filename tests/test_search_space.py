@@ -21,7 +21,7 @@ def write_space(tmp_path, content: dict, name: str = "space.yaml") -> Path:
 def check(tmp_path, content: dict, config=None):
     path = write_space(tmp_path, content)
     space = load_space(path)
-    return space, search_config(config or tiny_config(tmp_path), space)
+    return space, search_config(config or tiny_config(tmp_path, data__val_size=64), space)
 
 
 GOOD = {"params": {"prune.fraction": {"type": "float", "low": 0.1, "high": 0.5}}}
@@ -134,7 +134,7 @@ def test_fixed_keys_apply_but_the_command_line_wins(tmp_path):
     path = write_space(tmp_path, {"search": {"multi_objective": True}, "fixed": {"ticket.levels": 7, "train.lr": 0.2},
                                   **GOOD})
     space = load_space(path)
-    config = search_config(tiny_config(tmp_path, train__lr=0.3), space, ["train.lr=0.3"])
+    config = search_config(tiny_config(tmp_path, train__lr=0.3, data__val_size=64), space, ["train.lr=0.3"])
     assert config.ticket.levels == 7 and config.train.lr == 0.3 and config.search.multi_objective
     assert directions(config) == ["maximize", "minimize"]
 
@@ -150,7 +150,12 @@ def test_apply_values_validates_a_stored_trial(tmp_path):
                                        ("rewind", "resnet20"), ("schedule", "lenet300"), ("pai", "vgg16")])
 def test_the_shipped_spaces_are_valid_for_the_shipped_experiments(name, exp):
     space = load_space(SPACES / f"{name}.yaml")
-    config = search_config(load_config(exp), space)
+    # The OpenLTH recipes train on all 50K CIFAR images: a search on them needs the validation split option.
+    overrides = [] if load_config(exp).data.val_size else ["data.val_size=5000"]
+    if overrides:
+        with pytest.raises(ConfigError, match="data.val_size=N"):
+            search_config(load_config(exp), space)
+    config = search_config(load_config(exp, overrides), space, overrides)
     trial, values = sample(space, config, fake_suggest({}))
     assert set(values) <= {param.key for param in space.params} and values
     if name == "pai":
@@ -160,7 +165,9 @@ def test_the_shipped_spaces_are_valid_for_the_shipped_experiments(name, exp):
 
 
 def row(level, density, acc, final=None):
-    return {"level": level, "density": density, "best_test_acc": acc, "final_test_acc": final or acc}
+    """A level whose final validation accuracy is `final or acc`; its test numbers are different."""
+    return {"level": level, "density": density, "final_val_acc": final or acc, "best_test_acc": 0.5,
+            "final_test_acc": 0.4}
 
 
 def test_the_scored_level_is_the_first_at_or_below_the_target_density(tmp_path):
@@ -176,9 +183,12 @@ def test_the_scored_level_is_the_first_at_or_below_the_target_density(tmp_path):
 
 
 def test_steps_to_dense_is_the_first_evaluation_matching_the_dense_final_accuracy(tmp_path):
-    history = {0: [{"step": 10, "test_acc": 0.5}, {"step": 20, "test_acc": 0.9}, {"step": 30, "test_acc": 0.88}],
-               1: [{"step": 10, "test_acc": 0.87}, {"step": 20, "test_acc": 0.95}, {"step": 30, "test_acc": 0.9}],
-               2: [{"step": 10, "test_acc": 0.5}, {"step": 20, "test_acc": 0.6}, {"step": 30, "test_acc": 0.7}]}
+    history = {0: [{"step": 10, "val_acc": 0.5}, {"step": 20, "val_acc": 0.9}, {"step": 30, "val_acc": 0.88}],
+               1: [{"step": 10, "val_acc": 0.87}, {"step": 20, "val_acc": 0.95}, {"step": 30, "val_acc": 0.9}],
+               2: [{"step": 10, "val_acc": 0.5}, {"step": 20, "val_acc": 0.6}, {"step": 30, "val_acc": 0.7}]}
+    for level in history.values():  # test accuracies that would reach the dense level at once
+        for record in level:
+            record["test_acc"] = 0.99
     rows = [row(0, 1.0, 0.9, final=0.88), row(1, 0.5, 0.95, final=0.9), row(2, 0.25, 0.7)]
     config = tiny_config(tmp_path, search__objective="steps_to_dense")
     lookup = lambda r: history[r["level"]]  # noqa: E731

@@ -93,6 +93,7 @@ def prune(args, argv) -> int:
 
 def search(args, argv) -> int:
     from lottery.config import load_config
+    from lottery.search.objective import selection
     from lottery.search.request import DEFAULT_STORAGE, SearchRequest
     from lottery.search.space import load_space, search_config
 
@@ -109,6 +110,11 @@ def search(args, argv) -> int:
         return 130
     counts = ", ".join(f"{count} {state.lower()}" for state, count in outcome.counts.items() if count)
     print(f"study {outcome.study_name}: {counts}\nresults: {outcome.directory}")
+    if selection(config) == "test_set":
+        print(f"selected on the test set (search.objective={config.search.objective}): the best trial's test "
+              "accuracy is optimistic")
+    else:
+        print(f"selected on the validation split (search.objective={config.search.objective})")
     if outcome.best is not None:
         print(f"best trial {outcome.best['number']}: {outcome.best['values']} {outcome.best['params']}")
     for trial in outcome.pareto:

@@ -74,6 +74,7 @@ class BaselineConfig:
     schedule: str = "exponential"
     samples_per_class: int = 10
     grasp_temperature: float = 200.0
+    bn_mode: str = "auto"  # BatchNorm while SNIP/GraSP score: train, eval, or auto (each method's reference)
     isometry: bool = False
     isometry_steps: int = 100
 
@@ -94,7 +95,7 @@ class TrackConfig:
 
 @dataclass
 class SearchConfig:
-    objective: str = "accuracy"
+    objective: str = "val_accuracy"  # selects on validation; test_accuracy only by name (lottery/search/objective.py)
     target_density: Optional[float] = None
     pruner: str = "median"
     multi_objective: bool = False
@@ -162,7 +163,8 @@ CHOICES = {
     "train.progress": ("auto", "on", "off"),
     "prune.scope": ("global", "layerwise"),
     "baseline.schedule": ("exponential", "linear"),
-    "search.objective": ("accuracy", "steps_to_dense"),
+    "baseline.bn_mode": ("auto", "train", "eval"),
+    "search.objective": ("val_accuracy", "steps_to_dense", "test_accuracy"),
     "search.pruner": ("median", "hyperband", "none"),
     "experiment.baselines.at": ("init", "rewind"),
     "run.executor": ("local", "ray"),

@@ -2,8 +2,8 @@
 
 Expected files: <data.root>/cifar-10-batches-py/{data_batch_1..5, test_batch} or
 <data.root>/cifar-100-python/{train, test}. Each file is checked against the official
-md5; a mismatch is logged as a WARNING and the file is still loaded (a re-packed or
-reduced copy is legitimate, but the numbers it gives are not comparable).
+md5; a copy with mismatches gets one WARNING naming them all, and is still loaded (a
+re-packed or reduced copy is legitimate, but the numbers it gives are not comparable).
 """
 from __future__ import annotations
 
@@ -84,15 +84,17 @@ def read_batch(path: Path, label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _read_files(spec: CifarSpec, folder: Path, files) -> tuple[torch.Tensor, torch.Tensor]:
-    parts = []
-    for file_name, expected_md5 in files:
-        path = folder / file_name
-        actual_md5 = file_md5(path)
-        if actual_md5 != expected_md5:
-            logger.warning("%s: md5 %s differs from the official %s; loading it anyway, "
-                           "but results are not comparable with the official dataset", path, actual_md5, expected_md5)
-        parts.append(read_batch(path, spec.label_key))
+    parts = [read_batch(folder / file_name, spec.label_key) for file_name, _ in files]
     return torch.cat([images for images, _ in parts]), torch.cat([labels for _, labels in parts])
+
+
+def warn_unofficial(name: str, folder: Path, files) -> None:
+    """One warning for the whole copy, naming every file whose md5 is not the official one."""
+    differing = [file_name for file_name, expected_md5 in files if file_md5(folder / file_name) != expected_md5]
+    if differing:
+        logger.warning("%s: md5 of %d of %d files in %s differs from the official dataset (%s); loading them "
+                       "anyway, but results are not comparable with the official %s", name, len(differing),
+                       len(files), folder, ", ".join(differing), name)
 
 
 def load_cifar(name: str, cfg, seed: int, device) -> Dataset:
@@ -108,6 +110,7 @@ def load_cifar(name: str, cfg, seed: int, device) -> Dataset:
         missing = [file_name for file_name in names if not (folder / file_name).is_file()]
     if missing:
         raise missing_files_error(name, folder, missing, f"{spec.folder}/", download_error)
+    warn_unofficial(name, folder, spec.train_files + spec.test_files)
     train = _read_files(spec, folder, spec.train_files)
     test = _read_files(spec, folder, spec.test_files)
     return tensor_dataset(name, cfg, device, train, test, num_classes=spec.num_classes,

@@ -1,7 +1,8 @@
 """The registry of pruning methods: one record per method, filled by `@register_method` where the method lives.
 
 A record says how to build the method's scorer for one pruning run, whether it needs data, its default
-number of scoring rounds, whether it is structured (removes whole units, so it has no scorer) and which
+number of scoring rounds, whether it is structured (removes whole units, so it has no scorer), the
+BatchNorm mode its reference code scores in (`bn_mode`, for methods that run the network on data) and which
 `baseline.*` settings it reads (a baseline stage whose settings differ from the defaults gets its own
 folder). Config validation, `lottery baselines --methods`, `lottery prune --method`, the help text and the
 search spaces all read this registry, so adding a method is one function plus one registration.
@@ -15,6 +16,7 @@ from torch import nn
 
 # Settings every unstructured method reads: the scoring schedule and the isometry step after pruning.
 COMMON_SETTINGS = ("rounds", "schedule", "isometry", "isometry_steps")
+BN_MODES = ("train", "eval")  # BatchNorm on batch statistics / on running statistics while scoring
 
 
 @dataclass(frozen=True)
@@ -41,21 +43,27 @@ class Method:
     default_rounds: int = 1
     structured: bool = False
     settings: tuple[str, ...] = field(default=())  # the baseline.* keys this method reads
+    bn_mode: Optional[str] = None  # the BatchNorm mode of its reference code; None: it takes no mode
 
 
 METHODS: dict[str, Method] = {}
 
 
 def register_method(name: str, description: str, needs_data: bool = False, default_rounds: int = 1,
-                    structured: bool = False, settings: tuple[str, ...] = ()):
+                    structured: bool = False, settings: tuple[str, ...] = (), bn_mode: Optional[str] = None):
     """Decorator for a scorer factory `make(context) -> (mask -> scores)`; structured methods decorate their
-    pruning function `(model, input_shape, seed, density=...) -> smaller model` instead."""
+    pruning function `(model, input_shape, seed, density=...) -> smaller model` instead. A method with a
+    `bn_mode` reads baseline.bn_mode ("auto" meaning that default)."""
     def decorate(function):
         if name in METHODS:
             raise ValueError(f"pruning method {name!r} is registered twice")
+        if bn_mode is not None and bn_mode not in BN_MODES:
+            raise ValueError(f"bn_mode of {name!r} must be one of {', '.join(BN_MODES)}, got {bn_mode!r}")
         own = settings if structured else (*COMMON_SETTINGS, *settings)
+        if bn_mode is not None:
+            own = (*own, "bn_mode")
         METHODS[name] = Method(name, None if structured else function, description,
-                               function if structured else None, needs_data, default_rounds, structured, own)
+                               function if structured else None, needs_data, default_rounds, structured, own, bn_mode)
         return function
     return decorate
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from lottery.pruning.collapse import CriticalSearch, bisect_critical, compression_of, density_of, report_collapse
 from lottery.pruning.mask import Mask, MaskError, join_flat
-from lottery.pruning.methods import ScoringContext, get_method
+from lottery.pruning.methods import BN_MODES, ScoringContext, get_method
 from lottery.pruning.scores import magnitude
 from lottery.pruning.selection import keep_top, layerwise_quotas, rate_overrides, round_half_up
 
@@ -39,17 +39,29 @@ class PruneSpec:
     layer_rates: dict = field(default_factory=dict)
     seed: int = 0
     temperature: float = 200.0
+    bn_mode: str = "auto"  # "train" | "eval" | "auto": the method's own (methods.Method.bn_mode)
 
     @classmethod
     def from_config(cls, config, method: Optional[str] = None) -> "PruneSpec":
         """The spec for `method` (default baseline.method) under a lottery Config. Baselines never use
         prune.layer_rates: those are IMP's per-level rates."""
         return cls(method=method or config.baseline.method, scope=config.prune.scope, rounds=config.baseline.rounds,
-                   schedule=config.baseline.schedule, seed=config.seed, temperature=config.baseline.grasp_temperature)
+                   schedule=config.baseline.schedule, seed=config.seed, temperature=config.baseline.grasp_temperature,
+                   bn_mode=config.baseline.bn_mode)
 
     @property
     def effective_rounds(self) -> int:
         return self.rounds if self.rounds is not None else get_method(self.method).default_rounds
+
+    @property
+    def effective_bn_mode(self) -> Optional[str]:
+        """The BatchNorm mode the scorer runs in; None for a method that takes no mode."""
+        default = get_method(self.method).bn_mode
+        if default is None or self.bn_mode == "auto":
+            return default
+        if self.bn_mode not in BN_MODES:
+            raise ValueError(f"baseline.bn_mode must be one of auto, {', '.join(BN_MODES)}, got {self.bn_mode!r}")
+        return self.bn_mode
 
 
 @dataclass
@@ -233,8 +245,9 @@ def prune(model: nn.Module, spec: PruneSpec, density: float | None = None, compr
     if kept != round_half_up(target * total):
         raise MaskError(f"pruning missed its target: kept {kept} of {total}, wanted {round_half_up(target * total)}")
     result = PruneResult.of(mask, f"{spec.method}, {rounds} round(s)")
-    logger.info("%s: density %.6g (compression %.3f), %d rounds, %s scope", spec.method, result.density,
-                result.compression, rounds, spec.scope)
+    mode = f", BatchNorm in {spec.effective_bn_mode} mode" if spec.effective_bn_mode else ""
+    logger.info("%s: density %.6g (compression %.3f), %d rounds, %s scope%s", spec.method, result.density,
+                result.compression, rounds, spec.scope, mode)
     return result
 
 

@@ -12,9 +12,21 @@ The mask is applied in the forward (the weights used are θ ⊙ mask). Scores of
 are meaningless; the selection (selection.py) treats them as -inf so they never come back.
 
 `batches` is a sequence of (inputs, targets) tensor pairs; gradients are summed over them.
-SNIP and GraSP run the network in train mode by default (BatchNorm on batch statistics, as in
-training; the running stats are copies, and the global RNG is restored afterwards, so dropout
-leaves no trace); train_mode=False uses eval mode. SynFlow always uses eval mode.
+
+BatchNorm mode (baseline.bn_mode): each method defaults to the mode of its reference code, because
+the two modes give very different masks on BatchNorm networks (on VGG-16 they share 12-26% of the
+kept weights):
+- SNIP: eval mode (running statistics), as the original SNIP code (snip-public's prune.py feeds
+  is_train=False) and Synaptic-Flow (its --prune-train-mode is off by default);
+- GraSP: train mode (batch statistics), as the original GraSP code (it scores a deepcopy of the
+  network, still in train mode; its `.eval()` is commented out);
+- SynFlow: always eval mode (its objective is the eval-mode network on one all-ones input).
+In train mode the running statistics are updated in private copies and the global RNG is restored
+afterwards, so dropout leaves no trace.
+
+Iterative scoring (several rounds, or a starting mask that is not all ones) differentiates through
+the mask: a pruned weight contributes nothing to the gradient, nor to GraSP's Hessian-gradient
+product, as in Synaptic-Flow.
 """
 from __future__ import annotations
 
@@ -116,11 +128,11 @@ def random(model: nn.Module, mask: Mask, batches: Batches | None = None,
             for name in mask.names}
 
 
-def snip(model: nn.Module, mask: Mask, batches: Batches, train_mode: bool = True, **kw) -> Scores:
+def snip(model: nn.Module, mask: Mask, batches: Batches, train_mode: bool = False, **kw) -> Scores:
     """SNIP (Lee et al. 2019): |g ⊙ θ|, g = ∇L summed over the batches, with the mask in the forward.
 
-    BatchNorm uses batch statistics (train mode) unless train_mode=False; the model's running
-    stats are not touched either way.
+    BatchNorm uses running statistics (eval mode, as the original code) unless train_mode=True; the
+    model's running stats are not touched either way.
     """
     model = unwrap(model)
     batches = _require_batches(batches, "snip")
@@ -131,12 +143,16 @@ def snip(model: nn.Module, mask: Mask, batches: Batches, train_mode: bool = True
 
 def hessian_gradient_product(model: nn.Module, mask: Mask, batches: Batches, temperature: float = 200.0,
                              train_mode: bool = True) -> Scores:
-    """Hg over the prunable weights: g = Σ ∇L(logits/T) (held fixed), Hg = Σ ∇(g · ∇L) by double backward."""
+    """Hg over the surviving prunable weights: g = Σ ∇L(logits/T) (held fixed), Hg = Σ ∇(g · ∇L) by double
+    backward, both through the mask: the gradient of a pruned weight is zero, so it adds nothing to g · ∇L
+    (Synaptic-Flow differentiates through the mask the same way)."""
     model = unwrap(model)
     batches = _require_batches(batches, "grasp")
     leaves = _masked_leaves(model, mask)
     names = list(leaves)
     gradient = _summed_gradient(model, leaves, batches, train_mode, temperature)
+    for name in names:  # ∂L/∂θ = m ⊙ ∂L/∂(θ ⊙ m): survivors only
+        gradient[name] *= mask[name].to(gradient[name].device)
     product = {name: torch.zeros_like(leaf) for name, leaf in leaves.items()}
     with _private_forward(model, train_mode):
         for inputs, targets in batches:
@@ -261,15 +277,18 @@ def _synflow(context: ScoringContext):
 
 
 @register_method("snip", "|g ⊙ θ|, g the loss gradient summed over the pruning batches", needs_data=True,
-                 settings=("samples_per_class",))
+                 settings=("samples_per_class",), bn_mode="eval")
 def _snip(context: ScoringContext):
-    return lambda mask: snip(context.model, mask, context.batches)
+    train_mode = context.spec.effective_bn_mode == "train"
+    return lambda mask: snip(context.model, mask, context.batches, train_mode=train_mode)
 
 
 @register_method("grasp", "θ ⊙ Hg kept highest, i.e. the paper's -θ ⊙ Hg removed highest, logits / T",
-                 needs_data=True, settings=("samples_per_class", "grasp_temperature"))
+                 needs_data=True, settings=("samples_per_class", "grasp_temperature"), bn_mode="train")
 def _grasp(context: ScoringContext):
-    return lambda mask: grasp(context.model, mask, context.batches, temperature=context.spec.temperature)
+    train_mode = context.spec.effective_bn_mode == "train"
+    return lambda mask: grasp(context.model, mask, context.batches, temperature=context.spec.temperature,
+                              train_mode=train_mode)
 
 
 @register_method("magnitude", "|θ|, the magnitude of the weights (at θ0 or θk)")

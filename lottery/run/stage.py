@@ -26,6 +26,7 @@ from lottery.run.files import atomic_torch_save, fsync_paths, read_json, write_j
 from lottery.run.layout import DONE, RunLayout, StageRef
 from lottery.run.locks import FileLock
 from lottery.run.results import record_row
+from lottery.tracking.base import summary_metrics
 from lottery.training.loop import TrainJob, train
 
 logger = logging.getLogger(__name__)
@@ -219,8 +220,5 @@ def train_stage(run: RunContext, stage: TrainingStage, model: nn.Module, mask: M
         files[DONE].touch()
         files["checkpoint.pt"].unlink(missing_ok=True)
         record_row(run.layout, row)
-    handle.log_metrics({k: row[k] for k in ("final_test_acc", "best_test_acc", "density", "compression")
-                        if row.get(k) is not None})
-    if row.get("early_stop_step") is not None:
-        handle.log_metrics({"early_stop_step": row["early_stop_step"]})
+    handle.log_metrics(summary_metrics(row))
     return row

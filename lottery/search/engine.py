@@ -28,8 +28,8 @@ from lottery.config import Config, ConfigError, set_dotted
 from lottery.errors import LotteryError
 from lottery.run.files import write_json
 from lottery.run.layout import RunLayout
-from lottery.search.objective import (directions, is_last_level, objective_names, reaches_target, row_value,
-                                      scored_row, trial_values, uses_target)
+from lottery.search.objective import (check_selection, directions, is_last_level, objective_names, reaches_target,
+                                      row_value, scored_row, selection, trial_values, uses_target)
 from lottery.search.request import Runner, SearchOutcome, SearchRequest, baselines_runner, ticket_runner
 from lottery.search.space import Param, sample
 from lottery.search.storage import engine_settings, open_search_tracking, redacted, worker_id
@@ -112,6 +112,7 @@ def open_study(request: SearchRequest, storage: RDBStorage) -> optuna.Study:
     if stored is None:
         study.set_user_attr("settings", settings)
         study.set_user_attr("space", str(request.space.path))
+        study.set_user_attr("selection", selection(config))  # "test_set" marks a study that selects on test
     elif stored != settings:
         changed = next(name for name in STUDY_SETTINGS if stored.get(name) != settings[name])
         raise ConfigError(f"study {request.name!r} was created with search.{changed}={stored.get(changed)!r}, "
@@ -161,7 +162,8 @@ class TrialObjective:
         logger.info("trial %d: %s -> %s", trial.number, values, run_dir)
         handle = self.tracker.child(f"trial_{trial.number}", f"trial {trial.number}",
                                     {**values, "trial": trial.number, "run_dir": str(run_dir)})
-        handle.set_tags({"optuna_study": self.request.name, "optuna_trial": str(trial.number)})
+        handle.set_tags({"optuna_study": self.request.name, "optuna_trial": str(trial.number),
+                         "selection": selection(self.config)})
         rows: list[dict] = []
         try:
             try:
@@ -196,8 +198,11 @@ class TrialObjective:
         dense = rows[0] if rows[0].get("level") == 0 else None
         value = row_value(config, row, dense, lambda r: self.runner.history(config, r))
         step = int(row.get("level") or 0)
-        metrics = {self.names[0]: value, "density": row["density"], "best_test_acc": row["best_test_acc"],
-                   "final_test_acc": row["final_test_acc"]}
+        # Test accuracy is reported for every trial; max_test_acc (the maximum over evaluations) is optimistic.
+        metrics = {self.names[0]: value, "density": row["density"], "final_test_acc": row["final_test_acc"],
+                   "max_test_acc": row["best_test_acc"]}
+        if row.get("final_val_acc") is not None:
+            metrics["final_val_acc"] = row["final_val_acc"]
         handle.log_metrics(metrics, step=step)
         trial.set_user_attr(f"level_{step:02d}", metrics)
         last = is_last_level(config, row, self.request.space.runner)
@@ -264,6 +269,10 @@ def run_search(request: SearchRequest, runner: Optional[Runner] = None) -> Searc
     if request.trials < 1:
         raise ConfigError(f"must be at least 1, got {request.trials}", "--trials")
     config = request.config
+    check_selection(config)
+    if selection(config) == "test_set":
+        logger.warning("search.objective=%s selects on the test set: the best trial's test accuracy is optimistic, "
+                       "and the study and its runs are tagged selection=test_set", config.search.objective)
     if runner is None:
         make_runner = ticket_runner if request.space.runner == "ticket" else baselines_runner
         runner = make_runner(request.command)
@@ -311,16 +320,18 @@ def save_results(study: optuna.Study, request: SearchRequest, parent) -> SearchO
     trials = study.get_trials(deepcopy=False)
     complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
     outcome = SearchOutcome(request.name, directory, study_counts(study))
-    write_json(directory / "trials.json", {"trials": [trial_record(trial, names) for trial in trials]})
+    selected_on = selection(request.config)
+    write_json(directory / "trials.json", {"selection": selected_on,
+                                           "trials": [trial_record(trial, names) for trial in trials]})
     files = [directory / "trials.json"]
     if complete and not request.config.search.multi_objective:
         outcome.best = trial_record(study.best_trial, names)
-        write_json(directory / "best.json", outcome.best)
+        write_json(directory / "best.json", {**outcome.best, "selection": selected_on})
         files.append(directory / "best.json")
         parent.log_metrics({f"best_{names[0]}": study.best_value})
     if complete and request.config.search.multi_objective:
         outcome.pareto = [trial_record(trial, names) for trial in study.best_trials]
-        write_json(directory / "pareto.json", {"pareto": outcome.pareto})
+        write_json(directory / "pareto.json", {"selection": selected_on, "pareto": outcome.pareto})
         files.append(directory / "pareto.json")
     for path in files:
         parent.log_artifact(path)
@@ -332,35 +343,53 @@ def save_results(study: optuna.Study, request: SearchRequest, parent) -> SearchO
 
 
 def save_plots(study: optuna.Study, config: Config, directory: Path, complete: int) -> list[Path]:
-    """Optuna's matplotlib plots. A plot that cannot be drawn is skipped with a warning, never fatal."""
+    """Optuna's matplotlib plots as PNG. A plot that cannot be drawn is skipped with a warning, never fatal."""
     import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    saved = []
+    for name, figure in search_figures(study, config, complete).items():
+        path = directory / f"{name}.png"
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(figure)
+        saved.append(path)
+    return saved
+
+
+def search_figures(study: optuna.Study, config: Config, complete: int) -> dict:
+    """name -> matplotlib Figure of Optuna's plots, with both axes labelled in our terms (Optuna calls a level
+    a "step", and the objective "Objective Value")."""
     from optuna.visualization import matplotlib as plots
 
     names = objective_names(config)
+    on = "test set" if selection(config) == "test_set" else "validation"
     first = {"target": lambda trial: trial.values[0], "target_name": names[0]}
-    wanted: dict[str, Callable] = {}
+    wanted: dict[str, tuple[Callable, tuple[str, str]]] = {}
     if complete >= 1 and config.search.multi_objective:
-        wanted["pareto_front"] = lambda: plots.plot_pareto_front(study, target_names=names)
-        wanted["optimization_history"] = lambda: plots.plot_optimization_history(study, **first)
+        wanted["pareto_front"] = (lambda: plots.plot_pareto_front(study, target_names=names),
+                                  (f"{names[0]} ({on})", "density (fraction of weights kept)"))
+        wanted["optimization_history"] = (lambda: plots.plot_optimization_history(study, **first),
+                                          ("trial", f"{names[0]} ({on})"))
     elif complete >= 1:
-        wanted["optimization_history"] = lambda: plots.plot_optimization_history(study, target_name=names[0])
-        wanted["intermediate_values"] = lambda: plots.plot_intermediate_values(study)
+        wanted["optimization_history"] = (lambda: plots.plot_optimization_history(study, target_name=names[0]),
+                                          ("trial", f"{names[0]} ({on})"))
+        wanted["intermediate_values"] = (lambda: plots.plot_intermediate_values(study),
+                                         ("level", f"{names[0]} of the level ({on})"))
     if complete >= 2:
         # fANOVA explains variance whatever the direction; the default evaluator ranks for low targets only.
         options = first if config.search.multi_objective else {"target_name": names[0]}
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        wanted["param_importances"] = lambda: plots.plot_param_importances(study, evaluator=evaluator, **options)
-    directory.mkdir(parents=True, exist_ok=True)
-    saved = []
+        wanted["param_importances"] = (lambda: plots.plot_param_importances(study, evaluator=evaluator, **options),
+                                       (f"importance for {names[0]} (fANOVA)", "searched config key"))
+    figures = {}
     with quiet_experimental():
-        for name, draw in wanted.items():
+        for name, (draw, labels) in wanted.items():
             try:
                 axes = draw()
             except (ValueError, RuntimeError, ZeroDivisionError) as error:
                 logger.warning("plot %s skipped: %s", name, error)
                 continue
-            path = directory / f"{name}.png"
-            axes.figure.savefig(path, dpi=110, bbox_inches="tight")
-            plt.close(axes.figure)
-            saved.append(path)
-    return saved
+            axes.set_xlabel(labels[0])
+            axes.set_ylabel(labels[1])
+            figures[name] = axes.figure
+    return figures

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-
-from lottery.config import Config, ConfigError, flatten, parse_override, set_dotted, validate
+from lottery.config import Config, ConfigError, flatten, parse_override, set_dotted, source_of, validate
 from lottery.config.loading import known_spaces, read_yaml, space_path
+from lottery.search.objective import check_selection
 from lottery.workflows.preflight import check_names
 
 PARAM_TYPES = ("int", "float", "categorical")
@@ -262,6 +262,7 @@ def search_config(base: Config, space: SearchSpace, overrides: list[str] | tuple
             set_dotted(config, key, value, source)
     validate(config, source)
     _check_search_settings(config, source)
+    check_selection(config, source_of(config, "data.val_size"))
     check_space(space, config)
     return config
 

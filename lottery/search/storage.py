@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 
 from lottery.config import ConfigError, flatten
 from lottery.run.locks import FileLock
+from lottery.search.objective import selection
 from lottery.search.request import SearchRequest
 from lottery.tracking.client import make_tracker
 
@@ -58,7 +59,7 @@ def open_search_tracking(request: SearchRequest):
     with FileLock(request.directory / ".tracking.lock"):
         tracker = make_tracker(config, request.directory, command=request.command)
         tags = {"optuna_study": request.name, "optuna_storage": redacted(request.storage),
-                "search_space": str(request.space.path), "kind": "search"}
+                "search_space": str(request.space.path), "kind": "search", "selection": selection(config)}
         params = {**flatten(config), "search.space": str(request.space.path)}
         parent = tracker.parent(f"search {request.name}", tags, params)
         tracker.flush()  # the parent's id must be on disk before the next worker reads it

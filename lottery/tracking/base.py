@@ -56,5 +56,24 @@ class Tracker:
         pass
 
 
+# A stage's summary in MLflow: results-row key -> metric name. The headline numbers are the final accuracy and
+# the accuracy at the early-stopping step (lowest validation loss); the row's best_test_acc, the maximum test
+# accuracy over evaluations, is optimistic and goes to MLflow as max_test_acc, never as a "best" accuracy.
+SUMMARY_METRICS = {
+    "final_test_acc": "final_test_acc",
+    "early_stop_test_acc": "early_stop_test_acc",
+    "early_stop_step": "early_stop_step",
+    "final_val_acc": "final_val_acc",
+    "best_test_acc": "max_test_acc",
+    "density": "density",
+    "compression": "compression",
+}
+
+
+def summary_metrics(row: dict) -> dict[str, float]:
+    """The MLflow summary metrics of a results row (keys it does not have are left out)."""
+    return {name: row[key] for key, name in SUMMARY_METRICS.items() if row.get(key) is not None}
+
+
 def run_tags(config, command: str) -> dict[str, str]:
     return {"exp": config.exp, "config_hash": config_hash(config), "seed": str(config.seed), "command": command}

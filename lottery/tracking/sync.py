@@ -15,7 +15,6 @@ from typing import Optional
 logger = logging.getLogger(__name__)
 
 STAGE_PARAMS = ("level", "method", "at", "branch", "density", "compression")
-SUMMARY_METRICS = ("final_test_acc", "best_test_acc", "density", "compression", "early_stop_step")
 
 
 @dataclass
@@ -33,7 +32,7 @@ def sync_run(run_dir: Path, overrides: list[str] | tuple = (), command: str = "l
     from lottery.run.context import read_config
     from lottery.run.layout import RunLayout
     from lottery.run.locks import FileLock
-    from lottery.tracking.base import run_tags
+    from lottery.tracking.base import run_tags, summary_metrics
     from lottery.tracking.client import MlflowTracker
 
     run_dir = Path(run_dir)
@@ -52,7 +51,7 @@ def sync_run(run_dir: Path, overrides: list[str] | tuple = (), command: str = "l
             handle = tracker.child(stage.key, stage.ref.run_name, params)
             for record in stage.history:  # buffered by the handle: one batch per stage
                 handle.log_metrics({k: v for k, v in record.items() if k != "step"}, step=record["step"])
-            handle.log_metrics({k: stage.row[k] for k in SUMMARY_METRICS if stage.row.get(k) is not None})
+            handle.log_metrics(summary_metrics(stage.row))
             handle.finish("FINISHED")
         publish(layout, tracker, parent)
         tracker.close("FINISHED")

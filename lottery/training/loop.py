@@ -40,7 +40,12 @@ class TrainResult:
 
     @property
     def best_test_acc(self) -> Optional[float]:
+        """The maximum test accuracy over evaluations: optimistic (shown as "max acc"), never to select on."""
         return max((row["test_acc"] for row in self.history), default=None)
+
+    @property
+    def final_val_acc(self) -> Optional[float]:
+        return self.history[-1].get("val_acc") if self.history else None
 
     @property
     def early_stop(self) -> Optional[dict]:
@@ -53,6 +58,7 @@ class TrainResult:
         return {
             "final_test_acc": self.final_test_acc,
             "best_test_acc": self.best_test_acc,
+            "final_val_acc": self.final_val_acc,
             "early_stop_step": early["step"] if early else None,
             "early_stop_test_acc": early["test_acc"] if early else None,
             "final_step": self.final_step,

@@ -31,10 +31,13 @@ STARTS = ("init", "rewind")
 
 
 def settings_of(config: Config, method: str) -> dict:
-    """The baseline.* settings `method` reads, with the method's own default rounds filled in."""
-    values = {name: getattr(config.baseline, name) for name in get_method(method).settings}
+    """The baseline.* settings `method` reads, with the method's own default rounds and BatchNorm mode filled in."""
+    entry = get_method(method)
+    values = {name: getattr(config.baseline, name) for name in entry.settings}
     if "rounds" in values and values["rounds"] is None:
-        values["rounds"] = get_method(method).default_rounds
+        values["rounds"] = entry.default_rounds
+    if values.get("bn_mode") == "auto":
+        values["bn_mode"] = entry.bn_mode
     return values
 
 

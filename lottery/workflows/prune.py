@@ -46,7 +46,8 @@ def prune_report(config: Config, method: str, density: Optional[float] = None, c
     if out:
         result.mask.save(out)
     return {"method": method, "density": result.density, "compression": compression_of(result.density),
-            "layers": result.layers, "collapsed": list(result.collapsed)}
+            "layers": result.layers, "collapsed": list(result.collapsed),
+            "bn_mode": PruneSpec.from_config(config, method).effective_bn_mode}
 
 
 def critical_report(config: Config, method: str) -> dict:
@@ -62,7 +63,9 @@ def critical_report(config: Config, method: str) -> dict:
     if get_method(method).needs_data:
         inputs, labels = dataset.class_balanced(config.baseline.samples_per_class, config.seed)
         batches = [(inputs, labels)]
-    search = critical_compression(model, PruneSpec.from_config(config, method), batches, dataset.input_shape,
+    spec = PruneSpec.from_config(config, method)
+    search = critical_compression(model, spec, batches, dataset.input_shape,
                                   Mask.ones(model, ignore=config.prune.ignore, include=config.prune.include))
     return {"method": method, "critical_compression": search.compression, "density": search.density,
-            "precision": search.precision, "probes": [{"compression": c, "collapsed": hit} for c, hit in search.probes]}
+            "precision": search.precision, "probes": [{"compression": c, "collapsed": hit} for c, hit in search.probes],
+            "bn_mode": spec.effective_bn_mode}

@@ -50,19 +50,28 @@ def lth_summary(ticket_rows: list[dict], reinit_rows: list[dict]) -> dict:
     }
 
 
-def lth_figures(ticket_rows: list[dict], reinit_rows: list[dict], out_dir: Path) -> list[Path]:
-    paths = []
+def lth_figure_objects(ticket_rows: list[dict], reinit_rows: list[dict]) -> dict:
+    """File name -> Figure: accuracy at the early-stopping step, and the early-stopping iteration, vs density."""
+    figures = {}
     for name, key, ylabel in (("lth_accuracy.png", None, "test accuracy at early-stop step"),
                               ("lth_early_stop.png", "early_stop_step", "early-stopping iteration")):
         figure, axes = new_figure(6, 4)
         for label, rows, style in (("ticket (rewind to θ0)", ticket_rows, "o-"), ("random reinit", reinit_rows, "s--")):
             axes.plot([row["density"] for row in rows], [_accuracy(row) if key is None else row[key] for row in rows],
                       style, label=label)
-        density_axis(axes, [row["density"] for row in ticket_rows], "fraction of weights remaining (log scale)")
+        density_axis(axes, [row["density"] for row in [*ticket_rows, *reinit_rows]],
+                     "fraction of weights remaining (log scale)")
         axes.set_ylabel(ylabel)
         axes.set_title("LeNet-300-100 on MNIST, IMP (Frankle & Carbin 2019)")
         axes.grid(True, which="major", alpha=0.3)
         axes.legend()
+        figures[name] = figure
+    return figures
+
+
+def lth_figures(ticket_rows: list[dict], reinit_rows: list[dict], out_dir: Path) -> list[Path]:
+    paths = []
+    for name, figure in lth_figure_objects(ticket_rows, reinit_rows).items():
         path = out_dir / name
         figure.savefig(path, dpi=120)
         paths.append(path)
@@ -120,10 +129,10 @@ def reproduce_snip(overrides: list[str]) -> dict:
     summary = {}
     for label, row, paper in entries:
         final_error = 100 * (1 - row["final_test_acc"])
-        best_val_error = 100 * (1 - _accuracy(row))
-        summary[label] = {"final_error": final_error, "early_stop_error": best_val_error, "paper_error": paper,
+        early_stop_error = 100 * (1 - _accuracy(row))
+        summary[label] = {"final_error": final_error, "early_stop_error": early_stop_error, "paper_error": paper,
                           "density": row["density"]}
-        cells.append(["LeNet-300-100", label, f"{final_error:.2f}%", f"{best_val_error:.2f}%", f"{paper:.1f}%"])
+        cells.append(["LeNet-300-100", label, f"{final_error:.2f}%", f"{early_stop_error:.2f}%", f"{paper:.1f}%"])
     out_dir = RunLayout.of(config).run_dir / "reproduce"
     write_json(out_dir / "snip.json", summary)
     text = format_table(["network", "sparsity", "test error (ours, final)", "test error (ours, early stop)", "paper"],
