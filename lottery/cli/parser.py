@@ -76,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", help="runs/<exp>/<hash>/seed_<s>")
     report.add_argument("--out", default=None, help="figure folder (default: RUN_DIR/report)")
 
+    evaluate = _command(commands, "evaluate", "every finished stage on corrupted test sets, and the prune potential",
+                        "", config=False)
+    evaluate.add_argument("run_dir", help="runs/<exp>/<hash>/seed_<s>")
+    evaluate.add_argument("--corruptions", default=None,
+                          help="comma-separated, default all: noise,blur,contrast,brightness,jpeg "
+                               "(CIFAR-10-C parameters, Hendrycks & Dietterich 2019)")
+    evaluate.add_argument("--severities", default=None, help="e.g. 1-5 (default) or 1,3,5")
+    evaluate.add_argument("--margin", type=float, default=0.5,
+                          help="prune potential: accuracy points below the unpruned network still counted (0.5)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the corrupted images (default 0)")
+    evaluate.add_argument("overrides", nargs="*", metavar="key=value",
+                          help="keys outside the run hash only, e.g. data.root=/data train.device=cuda")
+
     sync = _command(commands, "sync", "upload a finished run directory to MLflow", "", config=False)
     sync.add_argument("run_dir", help="runs/<exp>/<hash>/seed_<s>")
     sync.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. track.uri=http://host:5000")

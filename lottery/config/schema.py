@@ -76,6 +76,11 @@ class BaselineConfig:
     grasp_temperature: float = 200.0
     isometry: bool = False
     isometry_steps: int = 100
+    # Dynamic sparse training (rigl, set), defaults from Evci et al. 2020:
+    distribution: str = "erk"  # the initial per-layer densities: erk or uniform
+    update_every: str = "100it"  # ΔT: steps between mask updates
+    drop_fraction: float = 0.3  # α: the share of a layer's weights exchanged at the first update (cosine decay)
+    update_until: float = 0.75  # no mask update after this fraction of training
 
 
 @dataclass
@@ -141,7 +146,9 @@ CHOICES = {
     "train.progress": ("auto", "on", "off"),
     "prune.scope": ("global", "layerwise"),
     "baseline.schedule": ("exponential", "linear"),
+    "baseline.distribution": ("erk", "uniform"),
     "search.objective": ("accuracy", "steps_to_dense"),
     "search.pruner": ("median", "hyperband", "none"),
 }
-STEP_KEYS = ("train.steps", "train.warmup", "train.eval_every", "ticket.rewind_step", "ticket.checkpoint_every")
+STEP_KEYS = ("train.steps", "train.warmup", "train.eval_every", "ticket.rewind_step", "ticket.checkpoint_every",
+             "baseline.update_every")

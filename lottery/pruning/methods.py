@@ -1,8 +1,9 @@
 """The registry of pruning methods: one record per method, filled by `@register_method` where the method lives.
 
 A record says how to build the method's scorer for one pruning run, whether it needs data, its default
-number of scoring rounds, whether it is structured (removes whole units, so it has no scorer) and which
-`baseline.*` settings it reads (a baseline stage whose settings differ from the defaults gets its own
+number of scoring rounds, whether it is structured (removes whole units, so it has no scorer), whether it is
+dynamic (trains a sparse network whose mask changes during training: no scorer, a mask updater instead;
+lottery/pruning/dynamic.py) and which `baseline.*` settings it reads (a baseline stage whose settings differ from the defaults gets its own
 folder). Config validation, `lottery baselines --methods`, `lottery prune --method`, the help text and the
 search spaces all read this registry, so adding a method is one function plus one registration.
 """
@@ -28,6 +29,7 @@ class ScoringContext:
 
 
 ScorerFactory = Callable[[ScoringContext], Callable]
+UpdaterFactory = Callable[..., object]  # (mask, schedule, seed) -> lottery.pruning.dynamic.MaskUpdater
 
 
 @dataclass(frozen=True)
@@ -39,27 +41,35 @@ class Method:
     default_rounds: int = 1
     structured: bool = False
     settings: tuple[str, ...] = field(default=())  # the baseline.* keys this method reads
+    make_updater: Optional[UpdaterFactory] = None  # dynamic sparse training only
+
+    @property
+    def dynamic(self) -> bool:
+        return self.make_updater is not None
 
 
 METHODS: dict[str, Method] = {}
 
 
 def register_method(name: str, description: str, needs_data: bool = False, default_rounds: int = 1,
-                    structured: bool = False, settings: tuple[str, ...] = ()):
+                    structured: bool = False, settings: tuple[str, ...] = (), dynamic: bool = False):
     """Decorator for a scorer factory `make(context) -> (mask -> scores)`; structured methods decorate their
-    pruning function instead (it is stored but never called as a scorer)."""
+    pruning function instead (it is stored but never called as a scorer); dynamic methods decorate their
+    mask-updater factory."""
     def decorate(function):
         if name in METHODS:
             raise ValueError(f"pruning method {name!r} is registered twice")
-        own = settings if structured else (*COMMON_SETTINGS, *settings)
-        METHODS[name] = Method(name, None if structured else function, description, needs_data, default_rounds,
-                               structured, own)
+        scored = not (structured or dynamic)
+        own = (*COMMON_SETTINGS, *settings) if scored else settings
+        METHODS[name] = Method(name, function if scored else None, description, needs_data, default_rounds,
+                               structured, own, make_updater=function if dynamic else None)
         return function
     return decorate
 
 
 def method_names(structured: Optional[bool] = None) -> list[str]:
-    """Registered names in registration order; structured=False/True keeps only those kinds."""
+    """Registered names in registration order; structured=False/True keeps only those kinds (dynamic methods
+    are unstructured)."""
     return [name for name, method in METHODS.items() if structured is None or method.structured == structured]
 
 
