@@ -43,8 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="; ".join(f"{name}: {entry.description}" for name, entry in BRANCHES.items()))
     branch.add_argument("--levels", required=True, help="ticket levels to branch from, e.g. 1-5 or 3,7,12")
 
-    baselines = _command(commands, "baselines", "pruning at initialisation at the ticket's densities",
-                         "Prunes θ0 (or θk) with each method at each density and trains it like a ticket level.")
+    baselines = _command(commands, "baselines", "baselines at the ticket's densities",
+                         "Prunes θ0 (or θk) with each method at each density and trains it like a ticket level; "
+                         "rigl and set train sparse from a random mask and change it every baseline.update_every "
+                         "steps; coreset and small_dense train a smaller dense network.")
     baselines.add_argument("--methods", default=None,
                            help=f"comma-separated methods (default: {','.join(method_names(structured=False))}); "
                                 f"valid: {', '.join(METHODS)}")
