@@ -224,6 +224,10 @@ class Evaluation:
 def run_evaluation(run_dir, spec: RobustnessSpec = RobustnessSpec(), command: str = "lottery evaluate",
                    overrides: list[str] | tuple = ()) -> Evaluation:
     """Evaluate every finished stage of `run_dir` (resuming: evaluated stages are read back) and summarise."""
+    from lottery.run.distributed import rank_and_world
+
+    if rank_and_world()[1] > 1:
+        raise LotteryError("lottery evaluate runs in one process: start it without torchrun")
     with open_run_directory(run_dir, command, overrides) as run:
         stages = run.layout.stage_dirs()
         if not stages:
