@@ -67,17 +67,13 @@ def test_pruned_weights_stay_exactly_zero_while_training(method, optimizer):
 
 
 @pytest.mark.parametrize("method", STRUCTURED)
-def test_every_structured_method_builds_a_smaller_network_that_trains(method):
-    from lottery.pruning.coreset import count_weights
+def test_every_structured_method_trains_a_smaller_network_at_its_density(method, tmp_path):
+    from lottery.workflows.baselines import run_baselines
 
-    config = tiny_config(**{"model.name": "lenet_64_32"})
-    dataset = tiny_dataset(config)
-    model = tiny_model(config, dataset)
-    smaller = METHODS[method].make_structured(model, dataset.input_shape, 0, density=0.5)
-    assert 0.3 < count_weights(smaller) / count_weights(model) < 0.7
-    result = train(TrainJob(model=smaller, dataset=dataset, train_cfg=config.train, seed=0, start_step=0,
-                            end_step=10))
-    assert result.final_test_acc is not None
+    config = tiny_config(tmp_path, **{"model.name": "lenet_64_32", "train.steps": "10it"})
+    row = run_baselines(config, [method], [0.5])[0]
+    assert row["method"] == method and 0.3 < row["density"] < 0.7
+    assert row["final_test_acc"] is not None
 
 
 @pytest.mark.parametrize("family", MODELS, ids=[family.example for family in MODELS])

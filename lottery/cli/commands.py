@@ -137,6 +137,24 @@ def report(args, argv) -> int:
     return 0
 
 
+def evaluate(args, argv) -> int:
+    from lottery.config import ConfigError
+    from lottery.workflows.evaluate import RobustnessSpec, parse_corruptions, parse_severities, run_evaluation
+
+    if not 0 <= args.margin < 100:
+        raise ConfigError(f"must be in [0, 100) accuracy points, got {args.margin}", "--margin", "command line")
+    if args.seed < 0:
+        raise ConfigError(f"must be >= 0, got {args.seed}", "--seed", "command line")
+    spec = RobustnessSpec(parse_corruptions(args.corruptions), parse_severities(args.severities), args.seed,
+                          args.margin / 100)
+    outcome = run_evaluation(Path(args.run_dir), spec, command_line(argv), args.overrides)
+    print(outcome.table)
+    if outcome.skipped:
+        print(f"skipped (network not rebuilt): {', '.join(outcome.skipped)}")
+    print(f"\nwritten: {outcome.files['json']}, {outcome.files['figure']}")
+    return 0
+
+
 def sync(args, argv) -> int:
     from lottery.tracking.sync import sync_run
 
@@ -194,5 +212,6 @@ def instability(args, argv) -> int:
     return 0
 
 
-COMMANDS = {name: globals()[name] for name in ("train", "ticket", "plan", "branch", "baselines", "prune", "search", "report",
-                                                "sync", "bench", "reproduce", "export", "instability")}
+COMMANDS = {name: globals()[name] for name in ("train", "ticket", "plan", "branch", "baselines", "prune", "search",
+                                                "report", "evaluate", "sync", "bench", "reproduce", "export",
+                                                "instability")}

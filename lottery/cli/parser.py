@@ -51,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="; ".join(f"{name}: {entry.description}" for name, entry in BRANCHES.items()))
     branch.add_argument("--levels", required=True, help="ticket levels to branch from, e.g. 1-5 or 3,7,12")
 
-    baselines = _command(commands, "baselines", "pruning at initialisation at the ticket's densities",
-                         "Prunes θ0 (or θk) with each method at each density and trains it like a ticket level.")
+    baselines = _command(commands, "baselines", "baselines at the ticket's densities",
+                         "Prunes θ0 (or θk) with each method at each density and trains it like a ticket level; "
+                         "rigl and set train sparse from a random mask and change it every baseline.update_every "
+                         "steps; coreset and small_dense train a smaller dense network.")
     baselines.add_argument("--methods", default=None,
                            help=f"comma-separated methods (default: {','.join(method_names(structured=False))}); "
                                 f"valid: {', '.join(METHODS)}")
@@ -84,6 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
                       "aggregated", "", config=False)
     report.add_argument("run_dir", help="runs/<exp>/<hash>/seed_<s> (one seed) or runs/<exp>/<hash> (every seed)")
     report.add_argument("--out", default=None, help="figure folder (default: RUN_DIR/report)")
+
+    evaluate = _command(commands, "evaluate", "every finished stage on corrupted test sets, and the prune potential",
+                        "", config=False)
+    evaluate.add_argument("run_dir", help="runs/<exp>/<hash>/seed_<s>")
+    evaluate.add_argument("--corruptions", default=None,
+                          help="comma-separated, default all: noise,blur,contrast,brightness,jpeg "
+                               "(CIFAR-10-C parameters, Hendrycks & Dietterich 2019)")
+    evaluate.add_argument("--severities", default=None, help="e.g. 1-5 (default) or 1,3,5")
+    evaluate.add_argument("--margin", type=float, default=0.5,
+                          help="prune potential: accuracy points below the unpruned network still counted (0.5)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the corrupted images (default 0)")
+    evaluate.add_argument("overrides", nargs="*", metavar="key=value",
+                          help="keys outside the run hash only, e.g. data.root=/data train.device=cuda")
 
     sync = _command(commands, "sync", "upload a finished run directory to MLflow", "", config=False)
     sync.add_argument("run_dir", help="runs/<exp>/<hash>/seed_<s>")

@@ -77,6 +77,11 @@ class BaselineConfig:
     bn_mode: str = "auto"  # BatchNorm while SNIP/GraSP score: train, eval, or auto (each method's reference)
     isometry: bool = False
     isometry_steps: int = 100
+    # Dynamic sparse training (rigl, set), defaults from Evci et al. 2020:
+    distribution: str = "erk"  # the initial per-layer densities: erk or uniform
+    update_every: str = "100it"  # ΔT: steps between mask updates
+    drop_fraction: float = 0.3  # α: the share of a layer's weights exchanged at the first update (cosine decay)
+    update_until: float = 0.75  # no mask update after this fraction of training
 
 
 @dataclass
@@ -164,9 +169,11 @@ CHOICES = {
     "prune.scope": ("global", "layerwise"),
     "baseline.schedule": ("exponential", "linear"),
     "baseline.bn_mode": ("auto", "train", "eval"),
+    "baseline.distribution": ("erk", "uniform"),
     "search.objective": ("val_accuracy", "steps_to_dense", "test_accuracy"),
     "search.pruner": ("median", "hyperband", "none"),
     "experiment.baselines.at": ("init", "rewind"),
     "run.executor": ("local", "ray"),
 }
-STEP_KEYS = ("train.steps", "train.warmup", "train.eval_every", "ticket.rewind_step", "ticket.checkpoint_every")
+STEP_KEYS = ("train.steps", "train.warmup", "train.eval_every", "ticket.rewind_step", "ticket.checkpoint_every",
+             "baseline.update_every")

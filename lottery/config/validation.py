@@ -8,7 +8,7 @@ from typing import Any, Callable
 from lottery.config.tree import flatten, source_of
 from lottery.config.schema import CHOICES, REQUIRED, STEP_KEYS, Config
 from lottery.errors import ConfigError
-from lottery.steps import is_step_string
+from lottery.steps import is_step_string, parse_steps
 
 # The largest seed every generator here takes (torch.Generator.manual_seed takes 64 bits; numpy 32).
 MAX_SEED = 2**32 - 1
@@ -56,6 +56,8 @@ RANGES: dict[str, Callable[[Any], str | None]] = {
     "baseline.grasp_temperature": _at_least(0, strict=True),
     "baseline.isometry_steps": _at_least(0),
     "baseline.density": _between(0, 1, low_open=True),
+    "baseline.drop_fraction": _between(0, 1, low_open=True),
+    "baseline.update_until": _between(0, 1, low_open=True),
     "search.target_density": lambda value: None if value is None else _between(0, 1, low_open=True)(value),
     "search.heartbeat_seconds": _at_least(1),
     "search.max_retries": _at_least(0),
@@ -78,6 +80,8 @@ def validate(config: Config, source: str | None = None) -> None:
     for key in STEP_KEYS:
         if not is_step_string(flat[key]):
             fail(key, f"bad step string {flat[key]!r}: use forms like '160ep', '500it' or '2ep100it'")
+    if is_step_string(flat["baseline.update_every"]) and parse_steps(flat["baseline.update_every"], 1) == 0:
+        fail("baseline.update_every", f"must be at least one iteration, got {flat['baseline.update_every']!r}")
     for index, milestone in enumerate(config.train.milestones):
         if not is_step_string(milestone):
             fail("train.milestones", f"bad step string {milestone!r} at position {index}")

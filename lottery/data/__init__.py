@@ -7,7 +7,7 @@
 
 Where the files are expected, how subset / val_size / test_subset cut the splits and how
 augmentation works is documented in the loader modules (idx, cifar, small, imagefolder),
-splits and dataset.
+splits and dataset. corruptions.py makes CIFAR-10-C-style corrupted test sets from a seed.
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ class Dataset:
     """A dataset whose splits live as tensors on `device`.
 
     Attributes: name, input_shape (C, H, W for images), num_classes, num_train (after
-    data.subset and after removing the validation split), has_val, augment, mean, std
+    data.subset and after removing the validation split), has_val, augment, scale, mean, std
     (shaped to broadcast over one example), device.
     """
 
@@ -49,6 +49,7 @@ class Dataset:
             raise DataError(f"{name}: data.augment=true needs images (C, H, W), but examples have shape {self.input_shape}")
         self.augment = bool(augment)
         stat_shape = (-1, 1, 1) if len(self.input_shape) == 3 else self.input_shape
+        self.scale = float(scale)  # raw * scale is in [0, 1] for images (corruptions work there)
         self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(stat_shape).to(self.device)
         self.std = torch.as_tensor(std, dtype=torch.float32).reshape(stat_shape).to(self.device)
         self._multiplier = scale / self.std

@@ -2,7 +2,8 @@
 
 Names: lenet_<w1>_<w2>... (fully connected), conv2/conv4/conv6 (LTH paper), resnet20..110 (CIFAR
 ResNets), vgg11..19 (CIFAR VGG), tv.<name> (any torchvision classification model). Each family's module
-registers itself (registry.py); `build_model` is the one entry point. May import torch and torchvision
+registers itself (registry.py); `build_model` is the one entry point. scaling.py finds the narrower widths
+whose weight count meets a budget (the small-dense control). May import torch and torchvision
 only; the config reaches it as a duck-typed ModelConfig.
 """
 from __future__ import annotations
@@ -30,10 +31,12 @@ def is_model_name(name) -> bool:
     return find_family(name) is not None
 
 
-def build_model(cfg, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
+def build_model(cfg, input_shape: tuple[int, ...], num_classes: int, seed: int,
+                widths: list[int] | None = None) -> nn.Module:
     """Build the model `cfg.name` for this data and initialise it with `cfg.init` from `seed`.
 
-    The same seed gives the same theta_0 bit for bit; the global RNG is left as it was.
+    The same seed gives the same theta_0 bit for bit; the global RNG is left as it was. `widths` builds the
+    same architecture narrower (see scaling.py; only for families that register widths).
     """
     input_shape = tuple(int(size) for size in input_shape)
     if cfg.init not in INITIALIZERS:
@@ -44,9 +47,12 @@ def build_model(cfg, input_shape: tuple[int, ...], num_classes: int, seed: int) 
     if found is None:
         raise ValueError(f"unknown model {cfg.name!r}; valid: {model_names()}")
     family, match = found
+    if widths is not None and family.widths is None:
+        raise ValueError(f"model {cfg.name!r} has no widths to scale")
+    extra = {} if widths is None else {"widths": list(widths)}
     # Constructors draw their own default init from the global RNG: fork it so callers see no change.
     with seeded_global_rng(seed):
-        model = family.build(cfg, match, input_shape, num_classes)
+        model = family.build(cfg, match, input_shape, num_classes, **extra)
     initialize(model, cfg.init, seed)
     logger.debug("built %s (%s, %d parameters) for input %s, %d classes", cfg.name, type(model).__name__,
                 sum(p.numel() for p in model.parameters()), input_shape, num_classes)

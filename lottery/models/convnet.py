@@ -15,7 +15,8 @@ HIDDEN_FC = (256, 256)
 class ConvNet(nn.Module):
     """conv1..convN (3x3, padding 1, ReLU; max-pool after every second), fc1, fc2, out."""
 
-    def __init__(self, input_shape: tuple[int, ...], block_widths: list[int], num_classes: int):
+    def __init__(self, input_shape: tuple[int, ...], block_widths: list[int], num_classes: int,
+                 hidden: tuple[int, int] = HIDDEN_FC):
         super().__init__()
         channels, height, width = input_shape
         self.conv_names = []
@@ -28,9 +29,9 @@ class ConvNet(nn.Module):
             height, width = height // 2, width // 2
         if height < 1 or width < 1:
             raise ValueError(f"input shape {tuple(input_shape)} is too small for {len(block_widths)} max-pools")
-        self.fc1 = nn.Linear(channels * height * width, HIDDEN_FC[0])
-        self.fc2 = nn.Linear(HIDDEN_FC[0], HIDDEN_FC[1])
-        self.out = nn.Linear(HIDDEN_FC[1], num_classes)
+        self.fc1 = nn.Linear(channels * height * width, hidden[0])
+        self.fc2 = nn.Linear(hidden[0], hidden[1])
+        self.out = nn.Linear(hidden[1], num_classes)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         x = inputs
@@ -43,9 +44,16 @@ class ConvNet(nn.Module):
         return self.out(x)
 
 
-@register_model(r"^(conv2|conv4|conv6)$", ", ".join(BLOCK_WIDTHS), "conv2", (3, 8, 8))
-def build_convnet(cfg, match, input_shape: tuple[int, ...], num_classes: int) -> ConvNet:
-    check_image_shape(cfg.name, input_shape)
+def convnet_widths(cfg, match) -> list[int]:
+    """The block widths, then the two hidden fully connected widths."""
     # model.width sets the first block's width; later blocks keep the 1:2:4 ratio.
-    widths = [w * cfg.width // 64 for w in BLOCK_WIDTHS[cfg.name]] if cfg.width else BLOCK_WIDTHS[cfg.name]
-    return ConvNet(input_shape, widths, num_classes)
+    blocks = [w * cfg.width // 64 for w in BLOCK_WIDTHS[cfg.name]] if cfg.width else BLOCK_WIDTHS[cfg.name]
+    return [*blocks, *HIDDEN_FC]
+
+
+@register_model(r"^(conv2|conv4|conv6)$", ", ".join(BLOCK_WIDTHS), "conv2", (3, 8, 8), widths=convnet_widths)
+def build_convnet(cfg, match, input_shape: tuple[int, ...], num_classes: int,
+                  widths: list[int] | None = None) -> ConvNet:
+    check_image_shape(cfg.name, input_shape)
+    widths = widths or convnet_widths(cfg, match)
+    return ConvNet(input_shape, widths[:-2], num_classes, tuple(widths[-2:]))

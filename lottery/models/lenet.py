@@ -29,8 +29,12 @@ class LeNet(nn.Module):
         return self.out(x)
 
 
-@register_model(r"^lenet((?:_[1-9]\d*)+)$", "lenet_<w1>_<w2>... (e.g. lenet_300_100)", "lenet_16_8",
-                (1, 8, 8))
-def build_lenet(cfg, match, input_shape: tuple[int, ...], num_classes: int) -> LeNet:
+def hidden_widths(cfg, match) -> list[int]:
+    return [int(width) for width in match.group(1).strip("_").split("_")]
+
+
+@register_model(r"^lenet((?:_[1-9]\d*)+)$", "lenet_<w1>_<w2>... (e.g. lenet_300_100)", "lenet_16_8", (1, 8, 8),
+                widths=hidden_widths)
+def build_lenet(cfg, match, input_shape: tuple[int, ...], num_classes: int, widths: list[int] | None = None) -> LeNet:
     refuse_width(cfg.name, cfg.width)
-    return LeNet(input_shape, [int(width) for width in match.group(1).strip("_").split("_")], num_classes)
+    return LeNet(input_shape, widths or hidden_widths(cfg, match), num_classes)

@@ -1,7 +1,9 @@
 """The model registry: a name pattern per architecture family, filled by `@register_model` in each family's module.
 
 A builder takes (cfg, match, input_shape, num_classes) and returns the network; `match` is the pattern's
-match on cfg.name, so one entry serves lenet_300_100 and lenet_128_64 alike.
+match on cfg.name, so one entry serves lenet_300_100 and lenet_128_64 alike. A family whose widths can be
+scaled (the small-dense control, lottery/models/scaling.py) also registers `widths(cfg, match)`, its
+standard widths as one list, and its builder takes `widths=` (a list of that length) to build it narrower.
 """
 from __future__ import annotations
 
@@ -22,17 +24,20 @@ class ModelFamily:
     example_shape: tuple[int, ...]
     build: Builder
     accepts: Callable[[re.Match], bool]
+    widths: Optional[Callable[..., list[int]]] = None  # (cfg, match) -> the standard widths; None: not scalable
 
 
 MODELS: list[ModelFamily] = []
 
 
 def register_model(pattern: str, names: str, example: str, example_shape: tuple[int, ...],
-                   accepts: Optional[Callable[[re.Match], bool]] = None):
-    """Register `build(cfg, match, input_shape, num_classes)` for names matching `pattern` (and `accepts`)."""
+                   accepts: Optional[Callable[[re.Match], bool]] = None,
+                   widths: Optional[Callable[..., list[int]]] = None):
+    """Register `build(cfg, match, input_shape, num_classes)` for names matching `pattern` (and `accepts`);
+    with `widths`, the builder also takes `widths=`."""
     def decorate(build: Builder) -> Builder:
         MODELS.append(ModelFamily(re.compile(pattern), names, example, tuple(example_shape), build,
-                                  accepts or (lambda match: True)))
+                                  accepts or (lambda match: True), widths))
         return build
     return decorate
 

@@ -55,19 +55,19 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """Stem conv, stages stage1..stage3 (widths w, 2w, 4w), global average pool, output `out`."""
+    """Stem conv, stages stage1..stage3 (widths w, 2w, 4w unless stage_widths says), global average pool, output `out`."""
 
     def __init__(self, input_shape: tuple[int, ...], depth: int, num_classes: int,
-                 width: int = DEFAULT_WIDTH, batchnorm: bool = True):
+                 width: int = DEFAULT_WIDTH, batchnorm: bool = True, stage_widths: list[int] | None = None):
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth}")
         blocks_per_stage = (depth - 2) // 6
-        self.conv = _conv3x3(input_shape[0], width, 1, batchnorm)
-        self.bn = _norm(width, batchnorm)
-        in_channels = width
-        for stage, multiplier in enumerate((1, 2, 4), start=1):
-            out_channels = width * multiplier
+        stage_widths = stage_widths or [width, 2 * width, 4 * width]
+        self.conv = _conv3x3(input_shape[0], stage_widths[0], 1, batchnorm)  # the stem feeds stage 1's identities
+        self.bn = _norm(stage_widths[0], batchnorm)
+        in_channels = stage_widths[0]
+        for stage, out_channels in enumerate(stage_widths, start=1):
             blocks = []
             for index in range(blocks_per_stage):
                 stride = 2 if stage > 1 and index == 0 else 1
@@ -82,8 +82,16 @@ class CifarResNet(nn.Module):
         return self.out(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
+def resnet_widths(cfg, match) -> list[int]:
+    """The three stages' widths: w, 2w, 4w."""
+    width = cfg.width or DEFAULT_WIDTH
+    return [width, 2 * width, 4 * width]
+
+
 @register_model(r"^resnet(\d+)$", ", ".join(f"resnet{depth}" for depth in DEPTHS), "resnet20", (3, 8, 8),
-                accepts=lambda match: int(match.group(1)) in DEPTHS)
-def build_resnet(cfg, match, input_shape: tuple[int, ...], num_classes: int) -> CifarResNet:
+                accepts=lambda match: int(match.group(1)) in DEPTHS, widths=resnet_widths)
+def build_resnet(cfg, match, input_shape: tuple[int, ...], num_classes: int,
+                 widths: list[int] | None = None) -> CifarResNet:
     check_image_shape(cfg.name, input_shape)
-    return CifarResNet(input_shape, int(match.group(1)), num_classes, cfg.width or DEFAULT_WIDTH, cfg.batchnorm)
+    return CifarResNet(input_shape, int(match.group(1)), num_classes, cfg.width or DEFAULT_WIDTH, cfg.batchnorm,
+                       stage_widths=widths)

@@ -40,6 +40,13 @@ class MaskedAdam(torch.optim.Adam):
         super().load_state_dict(state_dict)
         self._synced = False
 
+    def set_kept(self, kept: dict[nn.Parameter, torch.Tensor]) -> None:
+        """New flags (dynamic sparse training): the lerp weights are rebuilt, and the next step zeroes the newly
+        pruned weights and their first moments before it updates."""
+        self.kept = dict(kept)
+        self._lerp_weights.clear()
+        self._synced = False
+
     def _lerp_weight(self, parameter: nn.Parameter, beta1: float) -> torch.Tensor:
         """1-β1 where kept and 0 where pruned (a full tensor for unmasked parameters too: one foreach call)."""
         weight = self._lerp_weights.get(parameter)

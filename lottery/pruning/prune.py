@@ -229,6 +229,10 @@ def prune(model: nn.Module, spec: PruneSpec, density: float | None = None, compr
     method = get_method(spec.method)
     if method.structured:
         raise ValueError(f"{spec.method} is structured: it removes whole units and has no mask to select")
+    if method.dynamic:
+        raise ValueError(f"{spec.method} is dynamic sparse training: its mask changes while it trains, so there is "
+                         "no mask to select at initialisation (lottery.pruning.dynamic.initial_mask is the one it "
+                         "starts from)")
     target = target_density(density, compression)
     mask = mask if mask is not None else Mask.ones(model)
     start = mask.density()

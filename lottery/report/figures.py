@@ -1,4 +1,5 @@
-"""The one figure factory and the figures of a run: accuracy vs density, per-layer density, accuracy vs step.
+"""The one figure factory and the figures of a run: accuracy vs density, per-layer density, accuracy vs step,
+and accuracy vs density under each corruption (robustness).
 
 Figures use matplotlib's object API (Figure + Agg canvas): no pyplot, no global state. Every figure labels
 both axes, and density axes tick and label every density that is plotted.
@@ -12,14 +13,16 @@ from typing import Optional, Sequence
 ZERO_DENSITY_FLOOR = 1e-4  # where a collapsed layer (density 0) is drawn on a log axis
 
 
-def new_figure(width: float = 7.0, height: float = 4.5):
-    """(figure, axes) on an Agg canvas."""
+def new_figure(width: float = 7.0, height: float = 4.5, rows: int = 1, columns: int = 1):
+    """(figure, axes) on an Agg canvas; with rows or columns > 1 the axes are a flat list, row by row."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(width, height), layout="constrained")  # room for labels without bbox "tight"
     FigureCanvasAgg(figure)
-    return figure, figure.subplots()
+    if rows == columns == 1:
+        return figure, figure.subplots()
+    return figure, list(figure.subplots(rows, columns, squeeze=False).flat)
 
 
 def png_bytes(figure, dpi: int = 110) -> bytes:
@@ -131,4 +134,40 @@ def accuracy_vs_step_figure(entry):
     axes.grid(True, alpha=0.3)
     if stages:
         axes.legend(fontsize=7, ncol=2 if len(stages) > 8 else 1)
+    return figure
+
+
+def robustness_figure(summary: dict):
+    """Accuracy vs density, one panel per condition (clean, each corruption averaged over its severities, the
+    mean corruption), one line per series; the unpruned network's accuracy as a dashed line."""
+    from lottery.report.robustness import accuracy
+
+    conditions = summary["conditions"]
+    columns = min(3, len(conditions))
+    rows = math.ceil(len(conditions) / columns)
+    figure, panels = new_figure(4.2 * columns, 3.4 * rows, rows, columns)
+    reference = next((point for members in summary["series"].values() for point in members
+                      if point["stage"] == summary["reference"]), None)
+    plotted = [p["density"] for members in summary["series"].values() for p in members if 0 < p["density"] < 1]
+    levels = [p["density"] for p in summary["series"].get("ticket", []) if 0 < p["density"] < 1]
+    for panel, condition in zip(panels, conditions):
+        for label, members in summary["series"].items():
+            points = [(p["density"], accuracy(p, condition)) for p in members if 0 < p["density"] < 1]
+            if points:
+                panel.plot(*zip(*points), marker="o", markersize=3, label=label,
+                           linewidth=2.0 if label == "ticket" else 1.2)
+        if reference is not None:
+            panel.axhline(accuracy(reference, condition), color="grey", linestyle="--", label="unpruned")
+        density_axis(panel, levels or plotted, label="density (log scale)")  # ticks at the levels when there are
+        if levels:
+            panel.set_xlim(max(plotted) * 1.15, min(plotted) / 1.15)
+        panel.set_ylabel("test accuracy")
+        titles = {"clean": "clean", "mean": "mean over corruptions"}
+        panel.set_title(titles.get(condition, f"{condition} (mean over severities)"), fontsize=9)
+        panel.grid(True, which="major", alpha=0.3)
+    for panel in panels[len(conditions):]:
+        panel.set_visible(False)
+    if panels and panels[0].lines:
+        panels[0].legend(fontsize=7)
+    figure.suptitle("test accuracy vs density, clean and corrupted")
     return figure

@@ -172,5 +172,6 @@ def publish(layout: RunLayout, tracker, parent) -> None:
         if path.is_file():
             parent.log_artifact(path)
     for ref, directory in layout.stage_dirs():
-        if (directory / "mask.pt").is_file():
-            parent.log_artifact(directory / "mask.pt", f"masks/{ref.relative}")
+        for name in ("mask.pt", "final_mask.pt"):  # final_mask.pt: where dynamic sparse training ended
+            if (directory / name).is_file():
+                parent.log_artifact(directory / name, f"masks/{ref.relative}")

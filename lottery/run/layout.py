@@ -8,7 +8,8 @@ and MLflow run name. Everything else asks this module; nothing else builds these
         level_NN/                             IMP level N: mask.pt final.pt metrics.json DONE
         dense/                                `lottery train`
         branches/<name>/level_NN/             a control branch on level N's mask
-        baselines/<at>/<method>/density_D/    a baseline at density D, from θ0 (init) or θk (rewind)
+        baselines/<at>/<method>/density_D/    a baseline at density D, from θ0 (init) or θk (rewind); dynamic
+                                              sparse training adds final_mask.pt (mask.pt is where it started)
         instability/<dense|level_NN>/         linear mode connectivity
         report/                               the seed's tables and figures
 """
@@ -231,7 +232,7 @@ class RunLayout:
     def stage_files(directory: Path) -> dict[str, Path]:
         """The files one stage writes into its folder."""
         return {name: directory / name for name in ("mask.pt", "final.pt", "metrics.json", DONE, "checkpoint.pt",
-                                                    "stage.log")}
+                                                    "stage.log", "final_mask.pt")}
 
     # -- stages on disk -----------------------------------------------------------------------
     def stage_dirs(self, finished_only: bool = True) -> list[tuple[StageRef, Path]]:

@@ -156,6 +156,10 @@ class TrainingStage(Stage):
         """The fields of the results row that the stage sets itself; they win over the measured ones."""
         return self.fields()
 
+    def mask_updater(self, run: RunContext, model: nn.Module, mask: Mask, handle):
+        """What changes `mask` during training (dynamic sparse training), or None: the mask is fixed."""
+        return None
+
     def params(self, mask: Mask) -> dict:
         """The stage's MLflow params."""
         return {**{k: v for k, v in self.fields().items() if v is not None}, "density": mask.density()}
@@ -195,11 +199,13 @@ def train_stage(run: RunContext, stage: TrainingStage, model: nn.Module, mask: M
     def on_eval(step: int, record: dict) -> None:
         handle.log_metrics({k: v for k, v in record.items() if k != "step" and v is not None}, step=step)
 
+    updater = stage.mask_updater(run, model, mask, handle)
     job = TrainJob(
         model=model, dataset=run.dataset, train_cfg=config.train, seed=config.seed,
         start_step=start_step, end_step=run.plan.total, mask=mask,
         checkpoint_path=files["checkpoint.pt"], checkpoint_every=run.plan.steps(config.ticket.checkpoint_every),
         checkpoint_tag=ref.relative, on_eval=on_eval, desc=ref.relative, rank=run.rank, world_size=run.world_size,
+        mask_updater=updater,
     )
     result = train(job)
     distributed.check_replicas_agree(model, mask)
@@ -215,8 +221,13 @@ def train_stage(run: RunContext, stage: TrainingStage, model: nn.Module, mask: M
     }
     if run.is_main:
         atomic_torch_save(files["final.pt"], {k: v.cpu() for k, v in model.state_dict().items()}, durable=False)
-        write_json(files["metrics.json"], {"row": row, "history": result.history}, durable=False)
-        fsync_paths([files["mask.pt"], files["final.pt"], files["metrics.json"]])  # DONE only after they are on disk
+        record, written = {"row": row, "history": result.history}, [files["mask.pt"], files["final.pt"]]
+        if updater is not None:  # mask.pt stays the mask training started from; a restart needs it
+            record["mask_updates"] = updater.history
+            mask.save(files["final_mask.pt"])
+            written.append(files["final_mask.pt"])
+        write_json(files["metrics.json"], record, durable=False)
+        fsync_paths([*written, files["metrics.json"]])  # DONE only after they are on disk
         files[DONE].touch()
         files["checkpoint.pt"].unlink(missing_ok=True)
         record_row(run.layout, row)

@@ -131,6 +131,8 @@ class TrainJob:
     desc: str = "train"
     rank: int = 0
     world_size: int = 1
+    # Dynamic sparse training (lottery.pruning.dynamic.MaskUpdater): changes `mask` in place between steps.
+    mask_updater: Optional[object] = None
 
 
 def train(job: TrainJob) -> TrainResult:
@@ -166,6 +168,9 @@ def _train(job: TrainJob, fast: FastPath) -> TrainResult:
             result.history, step = state["history"], state["step"]
             result.wall_seconds = state["wall_seconds"]
             pending_loss = state["pending_loss"]
+            if job.mask_updater is not None:
+                job.mask_updater.load_state_dict(state["mask_updater"], job.model, optimizer)
+                enforce_mask = mask_enforcer(optimizer, job.mask, job.model)
             logger.info("resumed %s at step %d from %s", job.desc, step, job.checkpoint_path)
 
     job.model.train()
@@ -185,10 +190,15 @@ def _train(job: TrainJob, fast: FastPath) -> TrainResult:
             loss = F.cross_entropy(net(inputs), labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(_global_mean_weight(loss, labels, batches, step, job.world_size)).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        if enforce_mask is not None:
-            enforce_mask()
+        updating = job.mask_updater is not None and job.mask_updater.due(step)
+        if not (updating and job.mask_updater.replaces_step):
+            scaler.step(optimizer)
+            scaler.update()
+            if enforce_mask is not None:
+                enforce_mask()
+        if updating:  # the step's gradients are still in .grad
+            job.mask_updater.update(step, job.model, optimizer)
+            enforce_mask = mask_enforcer(optimizer, job.mask, job.model)
         step += 1
         loss_sum += loss.detach().double()
         loss_steps += 1
@@ -257,4 +267,5 @@ def _save_checkpoint(job: TrainJob, optimizer, scaler, step: int, result: TrainR
         "step": step,
         "wall_seconds": wall,
         "pending_loss": pending_loss,
+        **({"mask_updater": job.mask_updater.state_dict()} if job.mask_updater is not None else {}),
     }, durable=False)

@@ -1,11 +1,14 @@
 """Baselines: prune at initialisation (or at the rewind point) with each method at each density, and train
 with the ticket's schedule.
 
-Every registered method is a baseline (lottery/pruning/methods.py). The default densities are the ticket's
-level densities, computed exactly from the layer sizes and IMP's counting rule (the same code the pruner
-runs), so a baseline never waits for the ticket and its density equals its level's exactly. A method's
-folder is its name, plus a short hash of its baseline.* settings when they differ from the defaults, so
-a knob that changes a baseline never reuses another setting's results.
+Every registered method is a baseline (lottery/pruning/methods.py): scorers prune once and train with a
+fixed mask; dynamic methods (rigl, set) start from a random mask and change it while they train; structured
+methods train a physically smaller dense network (coreset: sampled neurons of θ0; small_dense: the same
+architecture narrower, from scratch). The default densities are the ticket's level densities, computed
+exactly from the layer sizes and IMP's counting rule (the same code the pruner runs), so a baseline never
+waits for the ticket and its density equals its level's exactly. A method's folder is its name, plus a short
+hash of its baseline.* settings when they differ from the defaults, so a knob that changes a baseline never
+reuses another setting's results.
 """
 from __future__ import annotations
 
@@ -13,6 +16,9 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import nn
 
 from lottery.config import BaselineConfig, Config, ConfigError
 from lottery.pruning.collapse import compression_of
@@ -85,6 +91,7 @@ class BaselineStage(TrainingStage):
     density: float
     at: str = "init"
     folder: str = ""  # the method's folder (method_folder); empty means the method's name
+    starts: ClassVar[tuple[str, ...]] = STARTS
 
     @property
     def ref(self) -> StageRef:
@@ -116,6 +123,46 @@ class BaselineStage(TrainingStage):
 
 
 @dataclass(frozen=True)
+class DynamicBaselineStage(BaselineStage):
+    """Dynamic sparse training (rigl, set) at one density: a random mask at the baseline.distribution's layer
+    densities, trained from θ0 (or θk) and changed every baseline.update_every steps. mask.pt is the mask it
+    started from (a restart needs it), final_mask.pt the one it ended with."""
+
+    def make_mask(self, run: RunContext, model) -> Mask:
+        from lottery.pruning.dynamic import initial_mask
+
+        template = Mask.ones(model, ignore=run.config.prune.ignore, include=run.config.prune.include)
+        return initial_mask(template, self.density, run.config.baseline.distribution, run.config.seed)
+
+    def prepare(self, run: RunContext, model, mask: Mask) -> int:
+        weights, start_step = _start(run, self.at)
+        model.load_state_dict(weights)
+        return start_step
+
+    def mask_updater(self, run: RunContext, model, mask: Mask, handle):
+        from lottery.pruning.dynamic import UpdateSchedule
+
+        settings = run.config.baseline
+        schedule = UpdateSchedule.for_training(run.plan.total, run.plan.steps(settings.update_every),
+                                               settings.update_until, settings.drop_fraction)
+
+        def on_update(step: int, record: dict) -> None:
+            handle.log_metrics(update_metrics(record), step=step)
+
+        return get_method(self.method).make_updater(mask, schedule, run.config.seed, on_update=on_update)
+
+
+def update_metrics(record: dict) -> dict:
+    """One mask update as MLflow metrics: totals, the drop fraction, and per layer."""
+    metrics = {"mask_dropped": record["dropped"], "mask_grown": record["grown"],
+               "drop_fraction": record["drop_fraction"]}
+    for layer, change in record["layers"].items():
+        metrics[f"mask_dropped/{layer}"] = change["dropped"]
+        metrics[f"mask_grown/{layer}"] = change["grown"]
+    return metrics
+
+
+@dataclass(frozen=True)
 class StructuredBaselineStage(BaselineStage):
     """A structured method (coreset): a physically smaller network, deterministic for the seed, trained dense.
     Its density is relative to the original network's conv and linear weights."""
@@ -123,8 +170,7 @@ class StructuredBaselineStage(BaselineStage):
     def build(self, run: RunContext):
         model = run.new_model()
         model.load_state_dict(_start(run, self.at)[0])
-        return get_method(self.method).make_structured(model, run.dataset.input_shape, run.config.seed,
-                                                       density=self.density)
+        return coreset_network(run.config, run.dataset, model, self.density)
 
     def make_mask(self, run: RunContext, model) -> Mask:
         return Mask.ones(model, ignore=run.config.prune.ignore, include=run.config.prune.include)
@@ -139,13 +185,83 @@ class StructuredBaselineStage(BaselineStage):
         return {**self.fields(), "density": achieved, "compression": compression_of(achieved)}
 
 
+@dataclass(frozen=True)
+class SmallDenseBaselineStage(StructuredBaselineStage):
+    """The small-dense control (Crowley et al. 2018) at one density: the architecture with its widths scaled so
+    it has as many weights as the density keeps (within 2%), initialised from the run's seed and trained dense
+    from step 0 with the ticket's schedule. Its density is its counted weights over the full network's."""
+
+    starts: ClassVar[tuple[str, ...]] = ("init",)
+
+    def build(self, run: RunContext):
+        return small_dense_network(run.config, run.dataset, self.density)[0]
+
+    def prepare(self, run: RunContext, model, mask: Mask) -> int:
+        return 0  # its own fresh initialisation, from scratch
+
+    def row_fields(self, run: RunContext, model, mask: Mask) -> dict:
+        from lottery.pruning.small_dense import counted_weights
+
+        patterns = {"ignore": run.config.prune.ignore, "include": run.config.prune.include}
+        achieved = counted_weights(model, **patterns) / counted_weights(run.new_model(), **patterns)
+        widths = small_dense_network(run.config, run.dataset, self.density, build=False)[1]
+        return {**self.fields(), "density": achieved, "compression": compression_of(achieved),
+                "target_density": self.density, "widths": widths.widths}
+
+
+def coreset_network(config: Config, dataset, model, density: float) -> nn.Module:
+    """Coreset's physically smaller network, sampled from `model`'s weights (θ0 or θk)."""
+    from lottery.pruning.coreset import coreset_prune
+
+    return coreset_prune(model, dataset.input_shape, config.seed, density=density)
+
+
+def small_dense_network(config: Config, dataset, density: float, build: bool = True):
+    """(the small-dense network initialised from the seed, or None without `build`; its ScaledWidths)."""
+    from lottery.models import build_model
+    from lottery.pruning.small_dense import TOLERANCE, small_dense_widths
+
+    widths = small_dense_widths(config.model, dataset.input_shape, dataset.num_classes, density,
+                                config.prune.ignore, config.prune.include)
+    if not build:
+        return None, widths
+    if abs(widths.error) > TOLERANCE:
+        logger.warning("small_dense at density %.6g: the closest widths %s give %d weights, %+.1f%% from the target "
+                       "%d (%s is too narrow for finer steps)", density, widths.widths, widths.weights,
+                       100 * widths.error, widths.target, config.model.name)
+    model = build_model(config.model, dataset.input_shape, dataset.num_classes, config.seed, widths=widths.widths)
+    return model, widths
+
+
+STRUCTURED_KINDS = {"coreset": StructuredBaselineStage, "small_dense": SmallDenseBaselineStage}
+
+
+def stage_kind(method: str) -> type[BaselineStage]:
+    entry = get_method(method)
+    if entry.dynamic:
+        return DynamicBaselineStage
+    if entry.structured:
+        return STRUCTURED_KINDS[method]
+    return BaselineStage
+
+
 def baseline_stage(config: Config, method: str, density: float, at: str) -> BaselineStage:
-    kind = StructuredBaselineStage if get_method(method).structured else BaselineStage
-    return kind(method, density, at, method_folder(config, method))
+    return stage_kind(method)(method, density, at, method_folder(config, method))
+
+
+def check_starts(methods: list[str], at: str) -> None:
+    """Every method can start at `at` (small_dense trains from scratch: init only)."""
+    if at not in STARTS:
+        raise ConfigError(f"{at!r} is not one of {', '.join(STARTS)}", "--at", "command line")
+    for method in methods:
+        if at not in stage_kind(method).starts:
+            raise ConfigError(f"{method} trains from scratch: it starts only at {', '.join(stage_kind(method).starts)}",
+                              "--at", "command line")
 
 
 def parse_methods(text: str | None) -> list[str]:
-    """--methods: comma-separated registered names; the default is every unstructured method."""
+    """--methods: comma-separated registered names; the default is every unstructured method (the scorers, then
+    the dynamic ones)."""
     if text is None:
         return method_names(structured=False)
     methods = [m.strip() for m in text.split(",") if m.strip()]
@@ -175,8 +291,7 @@ def run_baselines(config: Config, methods: list[str], densities: list[float] | N
     from lottery.report.tables import level_table
     from lottery.workflows.preflight import check_ticket
 
-    if at not in STARTS:
-        raise ConfigError(f"{at!r} is not one of {', '.join(STARTS)}", "--at", "command line")
+    check_starts(methods, at)
     dataset = check_ticket(config)  # the default densities are the ticket's levels; at=rewind needs its k
     with open_run(config, command, dataset) as run:
         densities = densities or ticket_densities(config, run.new_model())
