@@ -9,14 +9,16 @@ import torch
 from lottery.benchmarks.registry import BENCHMARKS
 from lottery.config import BaselineConfig, ModelConfig
 from lottery.models import MODELS, build_model
-from lottery.pruning.mask import prunable_parameters
+from lottery.pruning.mask import Mask, prunable_parameters
+from lottery.run.layout import RunLayout, StageRef
 from lottery.pruning.methods import METHODS
 from lottery.pruning.prune import PruneSpec, prune
 from lottery.training.loop import TrainJob, train
 from lottery.workflows.branches import BRANCHES
 from tests.helpers import tiny_config, tiny_dataset, tiny_model
 
-UNSTRUCTURED = [name for name, method in METHODS.items() if not method.structured]
+SCORED = [name for name, method in METHODS.items() if method.make_scorer is not None]
+DYNAMIC = [name for name, method in METHODS.items() if method.dynamic]
 STRUCTURED = [name for name, method in METHODS.items() if method.structured]
 
 
@@ -29,7 +31,7 @@ def _snapshot(model):
     return {name: tensor.clone() for name, tensor in model.state_dict().items()}, model.training
 
 
-@pytest.mark.parametrize("method", UNSTRUCTURED)
+@pytest.mark.parametrize("method", SCORED)
 @pytest.mark.parametrize("density", [0.5, 0.07])
 def test_every_method_hits_its_density_exactly_and_leaves_the_model_alone(method, density):
     config = tiny_config()
@@ -47,7 +49,7 @@ def test_every_method_hits_its_density_exactly_and_leaves_the_model_alone(method
     assert all(parameter.grad is None for parameter in model.parameters())
 
 
-@pytest.mark.parametrize("method", UNSTRUCTURED)
+@pytest.mark.parametrize("method", SCORED)
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
 def test_pruned_weights_stay_exactly_zero_while_training(method, optimizer):
     config = tiny_config(**{"train.optimizer": optimizer, "train.weight_decay": 0.01, "train.momentum": 0.0
@@ -74,6 +76,21 @@ def test_every_structured_method_trains_a_smaller_network_at_its_density(method,
     row = run_baselines(config, [method], [0.5])[0]
     assert row["method"] == method and 0.3 < row["density"] < 0.7
     assert row["final_test_acc"] is not None
+
+
+@pytest.mark.parametrize("method", DYNAMIC)
+def test_every_dynamic_method_trains_at_exactly_its_density(method, tmp_path):
+    from lottery.workflows.baselines import run_baselines
+
+    config = tiny_config(tmp_path, **{"train.steps": "12it", "baseline.update_every": "4it"})
+    row = run_baselines(config, [method], [0.3])[0]
+    kept, total = Mask.load(RunLayout.of(config).directory(StageRef.from_key(row["stage"])) / "final_mask.pt").counts()
+    assert row["density"] == kept / total and kept == int(0.3 * total + 0.5)
+
+
+def test_every_method_is_exactly_one_kind():
+    for method in METHODS.values():
+        assert [method.make_scorer is not None, method.dynamic, method.structured].count(True) == 1, method.name
 
 
 @pytest.mark.parametrize("family", MODELS, ids=[family.example for family in MODELS])
