@@ -21,6 +21,17 @@ def setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def parse_arguments(parser, argv: list[str]):
+    """parse_args, except that key=value overrides may also come after a command's options (argparse gives
+    the positional list only the ones before them)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     # Idle OpenMP threads spin by default; on a busy CPU that makes small steps 20-100x slower. This must be
     # set before torch is first imported; an explicit user setting wins.
@@ -31,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from lottery.run import distributed
 
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(build_parser(), argv)
     setup_logging(args.verbose)
     finished = False
     try:

@@ -18,6 +18,7 @@ from lottery.run import distributed
 from lottery.run.files import read_checked_text, remove_stale_temporaries, torch_load, write_checked_text
 from lottery.run.layout import RunLayout
 from lottery.run.locks import FileLock
+from lottery.run.results import repair_results
 from lottery.tracking.base import RunHandle, Tracker, run_tags
 from lottery.training.device import resolve_fast_path
 from lottery.training.plan import StepPlan
@@ -36,6 +37,7 @@ class RunContext:
     command: str
     rank: int = 0
     world_size: int = 1
+    verified: frozenset = frozenset()  # names of the stages whose records open_run checked
 
     @property
     def is_main(self) -> bool:
@@ -80,10 +82,12 @@ def write_config(layout: RunLayout, config: Config) -> None:
     text = to_yaml(config)
     with FileLock(layout.lock_file("config")):
         try:
-            if read_checked_text(layout.config_file) == text:
+            if read_checked_text(layout.config_file, "config file") == text:
                 return
-        except (NotFoundError, CorruptFileError):
+        except NotFoundError:
             pass
+        except CorruptFileError as error:  # it only says what the last command ran, which this one knows
+            logger.warning("%s; written again from this command's config", error)
         write_checked_text(layout.config_file, text)
 
 
@@ -95,10 +99,11 @@ def read_config(run_dir) -> Config:
 
 
 @contextmanager
-def open_run(config: Config, command: str, dataset=None, tracker: Optional[Tracker] = None):
-    """Write config.yaml, open tracking, yield the RunContext; publish the report and close FINISHED or FAILED.
+def open_run(config: Config, command: str, dataset=None, tracker: Optional[Tracker] = None, stages=()):
+    """Check the records of the finished ones among `stages`, write config.yaml, open tracking, yield the
+    RunContext; publish the report and close FINISHED or FAILED.
 
-    Call it only after every check has passed: from here on, files are written.
+    Call it only after every other check has passed: from the records' check on, files are written.
     """
     from lottery.report.run_report import publish
     from lottery.tracking.client import make_tracker
@@ -107,16 +112,19 @@ def open_run(config: Config, command: str, dataset=None, tracker: Optional[Track
     dataset = dataset if dataset is not None else load_data(config)
     layout = RunLayout.of(config)
     own_tracker = tracker is None
+    verified = frozenset()
     if rank == 0:
+        verified = frozenset(stage.name for stage in stages if stage.check_record(layout))  # before any write
         layout.run_dir.mkdir(parents=True, exist_ok=True)
         for path in remove_stale_temporaries(layout.run_dir):
             logger.info("removed %s, left by a process that died", path)
         write_config(layout, config)
+        repair_results(layout)
         tracker = tracker or make_tracker(config, layout.run_dir, command=command)
     tracker = tracker or Tracker()
     parent = tracker.parent(config.exp, run_tags(config, command), flatten(config))
     run = RunContext(config, layout, dataset, step_plan(config, dataset, rank, world_size), tracker, parent, command,
-                     rank, world_size)
+                     rank, world_size, verified)
     if rank == 0:
         fast = resolve_fast_path(config.train, run.new_model(), distributed.device_for(config), dataset.input_shape)
         parent.log_params(fast.as_params())

@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import yaml
-
 from lottery.config import Config, ConfigError, flatten, parse_override, set_dotted, validate
+from lottery.config.loading import SHIPPED, SOURCE_ROOT, read_yaml
 from lottery.workflows.preflight import check_names
 
 PARAM_TYPES = ("int", "float", "categorical")
@@ -75,20 +74,47 @@ class SearchSpace:
     def name(self) -> str:
         return self.path.stem
 
+    @property
+    def source(self) -> str:
+        """Where its values come from, as errors say it."""
+        return f"search space {self.path}"
+
+
+def space_dirs() -> list[Path]:
+    """Where `--space NAME` looks, in order: ./configs/search, the source checkout, the installed package data."""
+    found: list[Path] = []
+    for folder in (Path("configs/search"), SOURCE_ROOT / "configs" / "search", SHIPPED / "configs" / "search"):
+        if folder.is_dir() and all(folder.resolve() != other.resolve() for other in found):
+            found.append(folder)
+    return found
+
+
+def known_spaces() -> list[str]:
+    return sorted({path.stem for folder in space_dirs() for path in folder.glob("*.yaml")})
+
+
+def space_path(name_or_path: str | Path) -> Path:
+    """A YAML path as given, or NAME looked up in space_dirs(); ConfigError listing the shipped spaces."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if path.suffix not in (".yaml", ".yml") and len(path.parts) == 1:
+        for folder in space_dirs():
+            if (folder / f"{path}.yaml").is_file():
+                return folder / f"{path}.yaml"
+    what = f"search space file {path}" if path.suffix in (".yaml", ".yml") or len(path.parts) > 1 \
+        else f"search space {str(name_or_path)!r}"
+    raise ConfigError(f"{what} not found; shipped spaces (--space NAME): {', '.join(known_spaces()) or 'none'}")
+
     def param(self, key: str) -> Optional[Param]:
         return next((param for param in self.params if param.key == key), None)
 
 
 def load_space(path: str | Path) -> SearchSpace:
     """Read and check the file's structure (types, ranges, keys). Raises ConfigError naming file and key."""
-    path = Path(path)
-    source = str(path)
-    if not path.is_file():
-        raise ConfigError(f"search space file {path} not found", None, source)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"invalid YAML: {error}", None, source) from None
+    path = space_path(path)
+    source = f"search space {path}"
+    raw = read_yaml(path, "search space")
     if not isinstance(raw, dict):
         raise ConfigError("a search space must be a mapping with a 'params' section", None, source)
     unknown = sorted(set(raw) - set(SPACE_KEYS))
@@ -206,7 +232,7 @@ def _parse_when(key: str, when, earlier: list[Param], all_keys: set[str], source
 
 def check_space(space: SearchSpace, config: Config) -> None:
     """Check every key and every range end against the config schema, before any trial runs."""
-    source = str(space.path)
+    source = space.source
     known = flatten(Config())
     param_keys = {param.key for param in space.params}
     for key in [*space.fixed, *param_keys]:
@@ -256,28 +282,16 @@ def _reason(error: ConfigError, key: str) -> str:
 def search_config(base: Config, space: SearchSpace, overrides: list[str] | tuple = ()) -> Config:
     """The config every trial starts from: experiment, then the space's fixed keys, then the command line."""
     config = copy.deepcopy(base)
-    source = str(space.path)
+    source = space.source
     overridden = {parse_override(text)[0] for text in overrides}
     known = flatten(Config())
     for key, value in space.fixed.items():
         _check_known(key, known, source)
         if key not in overridden:
             set_dotted(config, key, value, source)
-    validate(config, source)
-    _check_search_settings(config, source)
+    validate(config, source)  # the schema's ranges, search.* included
     check_space(space, config)
     return config
-
-
-def _check_search_settings(config: Config, source: str) -> None:
-    checks = {
-        "search.heartbeat_seconds": config.search.heartbeat_seconds >= 1,
-        "search.max_retries": config.search.max_retries >= 0,
-        "search.startup_trials": config.search.startup_trials >= 0,
-    }
-    for key, ok in checks.items():
-        if not ok:
-            raise ConfigError(f"out of range: {flatten(config)[key]!r}", key, source)
 
 
 Suggest = Callable[[Param], Any]
@@ -295,9 +309,9 @@ def sample(space: SearchSpace, config: Config, suggest: Suggest) -> tuple[Config
         if not param.is_active(trial):
             continue
         value = suggest(param)
-        set_dotted(trial, param.key, value, str(space.path))
+        set_dotted(trial, param.key, value, space.source)
         values[param.key] = value
-    validate(trial, str(space.path))
+    validate(trial, space.source)
     return trial, values
 
 

@@ -257,9 +257,8 @@ class MlflowTracker(Tracker):
         with self._lock:
             first, self.error = self.error is None, self.error or text
         if first:
-            logger.warning("MLflow tracking failed (%s); tracking is off for the rest of this run. Training "
-                           "continues and the run directory %s stays complete; upload it later with "
-                           "`lottery sync %s`.", text, self.run_dir, self.run_dir)
+            logger.warning("MLflow at %s failed (%s): tracking is off for the rest of this run, which goes on; "
+                           "upload it later with `lottery sync %s`", self.uri, text, self.run_dir)
         self._release()
 
 
