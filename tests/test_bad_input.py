@@ -74,6 +74,7 @@ CASES = {
     "exp not found by name": (["ticket", "--exp", "nosuch"], 2, ["experiment 'nosuch' not found", "digits"]),
     "exp not found by path": (["ticket", "--exp", "{INPUTS}/absent.yaml"], 2,
                               ["experiment file {INPUTS}/absent.yaml not found", "resnet20"]),
+    "exp is a folder": (["ticket", "--exp", "{INPUTS}"], 2, ["experiment {INPUTS} is a folder, not a YAML file"]),
     # -- keys and flags
     "empty key part": (["ticket", *BASE, "train..lr=1"], 2, ["train..lr", "a name between every pair of dots"]),
     "unknown key": (["ticket", *BASE, "train.bacth_size=3"], 2, ["train.bacth_size", "train.batch_size"]),
@@ -269,3 +270,11 @@ def test_an_unreachable_mlflow_is_one_warning_line_that_says_how_to_sync(field, 
     warnings = [line for line in done.stderr.splitlines() if "WARNING" in line or "Retrying" in line]
     assert len(warnings) == 1, done.stderr
     assert "Connection refused" in warnings[0] and "lottery sync " in warnings[0]
+
+
+def test_a_run_root_that_cannot_be_created_is_one_line_naming_it(field, capsys):
+    blocked = field["INPUTS"] / "lr_inf.yaml" / "runs"  # a file where a folder would go
+    code, err = run_cli(["ticket", *BASE, "ticket.levels=0", "train.steps=2it", f"run.root={blocked}"], capsys)
+    line = error_lines(err)
+    assert code == 1 and len(line) == 1 and "cannot create the run directory" in line[0] and str(blocked) in line[0]
+    assert list(field["CWD"].iterdir()) == []

@@ -204,3 +204,40 @@ def test_temporary_files_of_a_dead_process_are_removed_on_resume(killed, capsys)
     assert ticket(killed, capsys)[0] == 0
     assert [path.exists() for path in stale] == [False, False]
     assert [path.exists() for path in kept] == [True, True]
+
+
+@pytest.mark.parametrize("command, name", [
+    (["report", "{RUN}"], "level_01/metrics.json"),
+    (["export", "{RUN}", "--level", "1", "--out", "{OUT}"], "level_01/final.pt"),
+    (["export", "{RUN}", "--level", "1", "--out", "{OUT}"], "level_01/mask.pt"),
+    (["sync", "{RUN}", "track.uri=sqlite:///{OUT}"], "config.yaml"),
+])
+def test_commands_that_read_a_run_name_the_damaged_file(command, name, copy, tmp_path, capsys):
+    run_dir = run_dir_of(copy)
+    damage(run_dir / name, "flip")
+    argv = [arg.replace("{RUN}", str(run_dir)).replace("{OUT}", str(tmp_path / "out")) for arg in command]
+    code = main(argv)
+    line = one_error(capsys.readouterr().err)
+    assert code == 1 and str(run_dir / name) in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_damaged_instability_caches_are_computed_again_with_the_same_curve(tmp_path, caplog):
+    from lottery.workflows.instability import InstabilityOptions, run_instability
+    from tests.test_instability import digits_config
+
+    config = digits_config(tmp_path)
+    options = InstabilityOptions(points=3)
+    first = run_instability(config, "7it", options=options)[0]
+    run_dir = RunLayout.of(config).run_dir
+    step_dir = run_dir / "instability" / "dense" / "k_0000007"
+    (step_dir / "curve.json").unlink()  # the curve is computed again from the copies ...
+    damage(step_dir / "copy_a.pt", "flip")  # ... one of which is damaged, as is the θk snapshot
+    damage(run_dir / "instability" / "rewind" / "step_0000007.pt", "truncate")
+    with caplog.at_level(logging.WARNING):
+        again = run_instability(config, "7it", options=options)[0]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "computing it again" in
+              r.getMessage()]
+    assert len(warned) == 2 and any("copy_a.pt" in m for m in warned) and any("step_0000007.pt" in m for m in warned)
+    assert {k: v for k, v in again.items() if k != "wall_seconds"} == \
+        {k: v for k, v in first.items() if k != "wall_seconds"}

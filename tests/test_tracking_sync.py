@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -94,11 +95,13 @@ def test_sync_completes_what_live_tracking_left_and_can_mirror_to_a_second_store
     assert set(runs_by_name(other, "copy")) == {"partial", "level_00", "level_01", "level_02"}
 
 
-def test_sync_reports_an_unreachable_server(tmp_path, capsys, clean_http_env):
+def test_sync_reports_an_unreachable_server(tmp_path, capsys, caplog, clean_http_env):
     run_dir = make_run_dir(tmp_path, tiny_tracked_config("sqlite:///unused.db", "down"), branches=False, dense=False,
                            baselines=False)
     assert main(["sync", str(run_dir), f"track.uri=http://127.0.0.1:{free_port()}"]) == 1
-    assert "sync to http://127.0.0.1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "sync to http://127.0.0.1" in err and "Connection refused" in err
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "lottery.tracking"] == []
     assert not (run_dir / "sync.json").exists()  # a failed sync is never recorded as done
 
 

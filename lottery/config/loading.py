@@ -154,6 +154,8 @@ def yaml_problem(error: yaml.YAMLError) -> str:
 
 def _not_found(name_or_path: str, path: Path) -> str:
     shipped = f"shipped experiments: {', '.join(known_experiments()) or 'none'}"
+    if path.is_dir():
+        return f"experiment {path} is a folder, not a YAML file; {shipped}"
     if path == Path("experiments") / f"{name_or_path}.yaml":  # a bare name that no folder holds
         folders = ", ".join(f"{folder}/" for folder in experiment_dirs()) or "no experiments/ folder"
         return f"experiment {name_or_path!r} not found (looked in {folders}); {shipped}"

@@ -13,7 +13,7 @@ from typing import Optional
 from torch import nn
 
 from lottery.config import Config, flatten, from_yaml, to_yaml
-from lottery.errors import CorruptFileError, NotFoundError
+from lottery.errors import CorruptFileError, LotteryError, NotFoundError
 from lottery.run import distributed
 from lottery.run.files import read_checked_text, remove_stale_temporaries, torch_load, write_checked_text
 from lottery.run.layout import RunLayout
@@ -115,7 +115,11 @@ def open_run(config: Config, command: str, dataset=None, tracker: Optional[Track
     verified = frozenset()
     if rank == 0:
         verified = frozenset(stage.name for stage in stages if stage.check_record(layout))  # before any write
-        layout.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            layout.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise LotteryError(f"cannot create the run directory {layout.run_dir} (run.root={config.run.root}): "
+                               f"{error.strerror or error}") from None
         for path in remove_stale_temporaries(layout.run_dir):
             logger.info("removed %s, left by a process that died", path)
         write_config(layout, config)

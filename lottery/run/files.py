@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from lottery.errors import CorruptFileError, NotFoundError
+from lottery.errors import CorruptFileError, LotteryError, NotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,11 @@ def _writer_tag() -> str:
 
 def _atomic(path: Path, write: Callable, durable: bool = True) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_writer_tag()}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_writer_tag()}.", suffix=".tmp")
+    except OSError as error:  # read-only, no permission, not a folder: one line naming the file
+        raise LotteryError(f"cannot write {path}: {error.strerror or error}") from None
     try:
         with os.fdopen(handle, "wb") as stream:
             write(stream)
@@ -51,8 +54,10 @@ def _atomic(path: Path, write: Callable, durable: bool = True) -> None:
                 os.fsync(stream.fileno())
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):  # a full disk, a folder in the way
+            raise LotteryError(f"cannot write {path}: {error.strerror or error}") from None
         raise
 
 

@@ -80,7 +80,7 @@ def sync_run(run_dir: Path, overrides: list[str] | tuple = (), command: str = "l
         synced, current = _synced(layout), fingerprint(layout, stages)
         if not force and synced.get(uri, {}).get(experiment) == current:
             return SyncOutcome(uri, experiment, None, len(stages), None, unchanged=True)
-        tracker = MlflowTracker(config, run_dir, command=command)
+        tracker = MlflowTracker(config, run_dir, command=command, warn_on_failure=False)
         parent = tracker.parent(config.exp, {**run_tags(config, command), "synced": "true"}, flatten(config))
         for stage in stages:
             params = {k: stage.row[k] for k in STAGE_PARAMS if stage.row.get(k) is not None}
