@@ -103,7 +103,7 @@ def open_run(config: Config, command: str, dataset=None, tracker: Optional[Track
     """Check the records of the finished ones among `stages`, write config.yaml, open tracking, yield the
     RunContext; publish the report and close FINISHED or FAILED.
 
-    Call it only after every other check has passed: from the records' check on, files are written.
+    Call it only after every other check has passed; it writes nothing before the records are checked.
     """
     from lottery.report.run_report import publish
     from lottery.tracking.client import make_tracker
