@@ -24,7 +24,12 @@ class ConfigError(LotteryError, ValueError):
 
 
 def format_config_error(message: str, key: str | None, source: str | None) -> str:
-    prefix = f"config key '{key}': " if key else "config: "
+    if not key:
+        prefix = "config: "
+    elif key.startswith("-"):
+        prefix = f"option {key}: "  # a command-line flag such as --levels, not a config key
+    else:
+        prefix = f"config key '{key}': "
     if source is None:
         where = ""
     elif source == "command line" or source.startswith("from "):

@@ -27,7 +27,7 @@ def test_defaults(monkeypatch):
     monkeypatch.delenv("DATA_ROOT", raising=False)
     config = Config()
     assert config.data.root == "./data"
-    assert config.data.download is False
+    assert config.data.download is True  # torchvision fetches the public datasets when their files are missing
     assert config.data.subset is None
     assert config.run.root == "./runs"
     monkeypatch.setenv("DATA_ROOT", "/somewhere")

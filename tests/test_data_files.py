@@ -58,7 +58,7 @@ def test_fake_fashion_mnist_uses_its_folder_and_statistics(tmp_path):
 
 def test_missing_mnist_names_files_and_remedies(tmp_path):
     with pytest.raises(DataError) as caught:
-        load_dataset(DataConfig(name="mnist", root=str(tmp_path)))
+        load_dataset(DataConfig(name="mnist", root=str(tmp_path), download=False))
     message = str(caught.value)
     assert str(tmp_path / "MNIST" / "raw") in message
     assert "train-images-idx3-ubyte" in message and "t10k-labels-idx1-ubyte" in message
@@ -120,7 +120,7 @@ def test_fake_cifar100_loads_fine_labels(tmp_path, caplog):
 
 def test_missing_cifar_names_the_folder(tmp_path):
     with pytest.raises(DataError) as caught:
-        load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
+        load_dataset(DataConfig(name="cifar10", root=str(tmp_path), download=False))
     assert str(tmp_path / "cifar-10-batches-py") in str(caught.value)
     assert "data_batch_1" in str(caught.value) and "data.download" in str(caught.value)
 
@@ -181,10 +181,10 @@ def test_download_is_tried_only_when_asked_and_its_failure_is_reported(tmp_path,
 
     monkeypatch.setattr("lottery.data.idx.torchvision_download", failing_download)
     with pytest.raises(DataError, match="set data.download=true"):
-        load_dataset(DataConfig(name="mnist", root=str(tmp_path)))
+        load_dataset(DataConfig(name="mnist", root=str(tmp_path), download=False))
     assert calls == []
-    with pytest.raises(DataError, match="torchvision download failed: URLError: no network"):
-        load_dataset(DataConfig(name="fashion_mnist", root=str(tmp_path), download=True))
+    with pytest.raises(DataError, match=r"torchvision download \(data.download=true\) failed: URLError: no network"):
+        load_dataset(DataConfig(name="fashion_mnist", root=str(tmp_path)))  # on by default
     assert calls == [("FashionMNIST", tmp_path)]
 
 
@@ -196,3 +196,21 @@ def test_files_fetched_by_the_download_are_then_parsed(tmp_path, monkeypatch):
     monkeypatch.setattr("lottery.data.idx.torchvision_download", fake_download)
     data = load_dataset(DataConfig(name="mnist", root=str(tmp_path), download=True))
     assert data.num_train == 30
+
+
+@pytest.mark.parametrize("name, folder, first_file", [
+    ("mnist", "MNIST/raw", "train-images-idx3-ubyte"),
+    ("fashion_mnist", "FashionMNIST/raw", "train-images-idx3-ubyte"),
+    ("cifar10", "cifar-10-batches-py", "data_batch_1"),
+    ("cifar100", "cifar-100-python", "train"),
+])
+def test_offline_download_says_what_is_missing_where_and_that_the_download_failed(
+        tmp_path, offline_dataset_mirrors, name, folder, first_file):
+    """The real torchvision download path, pointed at 127.0.0.1 where nothing listens (tests/conftest.py)."""
+    with pytest.raises(DataError) as caught:
+        load_dataset(DataConfig(name=name, root=str(tmp_path / "data")))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert str(tmp_path / "data" / folder) in message and first_file in message
+    assert "data.root" in message and "download (data.download=true) failed" in message
+    assert offline_dataset_mirrors.rstrip("/") in message and "Connection refused" in message

@@ -40,7 +40,9 @@ def test_a_killed_worker_is_detected_by_heartbeat_and_its_trial_retried_from_its
     storage, study = f"sqlite:///{tmp_path / 'optuna.db'}", "heartbeat"
     first = start_worker(tmp_path, experiment, storage, 1, study, "first.log")
     try:
-        wait_for(lambda: running_trial(storage, study) is not None, 60, "a running trial", first, tmp_path / "first.log")
+        # The trial is RUNNING a moment before it records its run directory.
+        wait_for(lambda: "run_dir" in getattr(running_trial(storage, study), "user_attrs", {}), 60,
+                 "a running trial with its run directory", first, tmp_path / "first.log")
         trial = running_trial(storage, study)
         level_zero = Path(trial.user_attrs["run_dir"]) / "level_00" / "DONE"
         wait_for(level_zero.exists, 60, "level 0 to finish", first, tmp_path / "first.log")

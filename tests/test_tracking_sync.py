@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -58,7 +59,11 @@ def test_sync_uploads_every_stage_and_running_it_twice_changes_nothing(tmp_path,
 
     before = _snapshot(sqlite_uri, "synced")
     assert main(["sync", str(run_dir), f"track.uri={sqlite_uri}"]) == 0
+    assert capsys.readouterr().out.startswith(f"nothing to sync: {run_dir} is unchanged since its last sync")
     assert _snapshot(sqlite_uri, "synced") == before
+    assert main(["sync", str(run_dir), f"track.uri={sqlite_uri}", "--force"]) == 0
+    assert "synced 10 stages" in capsys.readouterr().out
+    assert _snapshot(sqlite_uri, "synced") == before  # uploading again adds nothing either
 
 
 def test_sync_completes_what_live_tracking_left_and_can_mirror_to_a_second_store(tmp_path, sqlite_uri):
@@ -90,8 +95,30 @@ def test_sync_completes_what_live_tracking_left_and_can_mirror_to_a_second_store
     assert set(runs_by_name(other, "copy")) == {"partial", "level_00", "level_01", "level_02"}
 
 
-def test_sync_reports_an_unreachable_server(tmp_path, capsys, clean_http_env):
+def test_sync_reports_an_unreachable_server(tmp_path, capsys, caplog, clean_http_env):
     run_dir = make_run_dir(tmp_path, tiny_tracked_config("sqlite:///unused.db", "down"), branches=False, dense=False,
                            baselines=False)
     assert main(["sync", str(run_dir), f"track.uri=http://127.0.0.1:{free_port()}"]) == 1
-    assert "sync to http://127.0.0.1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "sync to http://127.0.0.1" in err and "Connection refused" in err
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "lottery.tracking"] == []
+    assert not (run_dir / "sync.json").exists()  # a failed sync is never recorded as done
+
+
+def test_the_fingerprint_follows_every_record_a_sync_uploads(tmp_path):
+    from lottery.run.files import write_json
+    from lottery.run.layout import RunLayout
+    from lottery.tracking.sync import fingerprint
+
+    run_dir = make_run_dir(tmp_path, tiny_tracked_config("sqlite:///unused.db", "print"), branches=False,
+                           baselines=False)
+    layout = RunLayout.at(run_dir)
+    first = fingerprint(layout, find_stages(run_dir))
+    assert fingerprint(layout, find_stages(run_dir)) == first
+    record = read_json(run_dir / "level_01" / "metrics.json")
+    record["row"]["final_test_acc"] += 0.01
+    write_json(run_dir / "level_01" / "metrics.json", record)
+    second = fingerprint(layout, find_stages(run_dir))
+    assert second != first
+    (run_dir / "level_02" / "mask.pt").write_bytes((run_dir / "level_01" / "mask.pt").read_bytes())
+    assert fingerprint(layout, find_stages(run_dir)) not in (first, second)

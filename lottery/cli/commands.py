@@ -158,7 +158,11 @@ def evaluate(args, argv) -> int:
 def sync(args, argv) -> int:
     from lottery.tracking.sync import sync_run
 
-    outcome = sync_run(Path(args.run_dir), args.overrides, command_line(argv))
+    outcome = sync_run(Path(args.run_dir), args.overrides, command_line(argv), force=args.force)
+    if outcome.unchanged:
+        print(f"nothing to sync: {args.run_dir} is unchanged since its last sync to {outcome.uri}, experiment "
+              f"'{outcome.experiment}' (--force uploads it again)")
+        return 0
     if outcome.error is not None:
         print(f"error: sync to {outcome.uri} failed: {outcome.error}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""Help text generated from the config schema and the registries, so it cannot go stale."""
+"""Help text generated from the config schema, its rules and the registries, so it cannot go stale."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +7,76 @@ import types
 import typing
 
 from lottery.config import Config, known_experiments
-from lottery.config.schema import CHOICES
+from lottery.config.schema import CHOICES, STEP_KEYS
+from lottery.config.validation import RANGES
+
+WIDTH = 100
+
+# What each key does, in a few words. tests/test_help.py checks that every schema key has one.
+KEY_HELP = {
+    "exp": "the experiment's name and folder runs/<exp>/; --exp sets it from the file's name",
+    "seed": "seeds θ0, the data order and every random choice",
+    "model.name": "the architecture",
+    "model.init": "how θ0 is drawn",
+    "model.width": "ResNet base width, the channels of the first stage; 0 = the architecture's standard",
+    "model.batchnorm": "BatchNorm after each conv of a ResNet",
+    "data.name": "the dataset",
+    "data.path": "the .npz file of data.name=npz, or the folder of imagefolder",
+    "data.root": "where dataset files are; the default is $DATA_ROOT, else ./data",
+    "data.download": "fetch missing MNIST, Fashion-MNIST and CIFAR files with torchvision, md5-checked",
+    "data.subset": "keep the first N training examples",
+    "data.val_size": "move the last N training examples into a validation split",
+    "data.augment": "random crops and flips while training; null = the dataset's standard",
+    "data.test_subset": "keep the first N test examples",
+    "train.steps": "training length T",
+    "train.batch_size": "examples per step",
+    "train.optimizer": "the optimiser",
+    "train.lr": "peak learning rate",
+    "train.momentum": "SGD momentum",
+    "train.nesterov": "Nesterov momentum for SGD",
+    "train.weight_decay": "L2 weight decay",
+    "train.milestones": "steps where the step schedule multiplies the rate by train.gamma",
+    "train.gamma": "the step schedule's factor at each milestone",
+    "train.warmup": "linear warm-up length",
+    "train.schedule": "learning-rate schedule after warm-up",
+    "train.eval_every": "evaluate on the test and validation splits every this many steps",
+    "train.eval_batch_size": "examples per evaluation batch",
+    "train.device": "where to train; auto = cuda, then mps, then cpu",
+    "train.amp": "mixed precision; auto = bf16 on CUDA devices that support it",
+    "train.channels_last": "channels-last memory format for conv nets; auto = on CUDA",
+    "train.cudnn_benchmark": "cuDNN autotuning; auto = on CUDA",
+    "train.compile": "torch.compile the model",
+    "train.progress": "progress bars; auto = when stderr is a terminal",
+    "prune.fraction": "IMP prunes this fraction of the remaining weights at each level",
+    "prune.scope": "rank weights across all layers (global) or within each layer (layerwise)",
+    "prune.layer_rates": "per-layer IMP rates by name pattern, e.g. {output: 0.1}",
+    "prune.ignore": "weights never pruned (fnmatch patterns; 'output' is the last layer)",
+    "prune.include": "extra parameters to prune besides conv/linear weights (fnmatch patterns)",
+    "baseline.method": "the method of `lottery prune` and of a search's run: baselines",
+    "baseline.density": "the one density of a search's run: baselines",
+    "baseline.rounds": "pruning rounds; null = the method's default: SynFlow 100, others 1",
+    "baseline.schedule": "how density falls over the rounds",
+    "baseline.samples_per_class": "examples per class in SNIP's and GraSP's pruning batch",
+    "baseline.grasp_temperature": "GraSP's logit temperature T",
+    "baseline.isometry": "approximate isometry of the pruned weights before training",
+    "baseline.isometry_steps": "Adam steps of the approximate isometry",
+    "ticket.levels": "IMP levels after the dense level 0",
+    "ticket.rewind_step": "k: every level restarts from θk, the weights after k steps",
+    "ticket.checkpoint_every": "checkpoint interval within a stage, for resuming",
+    "track.enabled": "log to MLflow",
+    "track.uri": "MLflow tracking URI; null = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db",
+    "track.experiment": "MLflow experiment name; null = exp",
+    "search.objective": "what a trial scores",
+    "search.target_density": "score the first level at or below this density (and stop there)",
+    "search.pruner": "Optuna pruner that stops unpromising trials early",
+    "search.multi_objective": "optimise (objective, density) as a Pareto front",
+    "search.heartbeat_seconds": "a trial without a heartbeat this long is taken over by another worker",
+    "search.max_retries": "how often a trial whose worker died is retried",
+    "search.startup_trials": "finished trials before the median pruner prunes",
+    "run.root": "where run directories go",
+}
+STEPS = "steps: 160ep, 500it, 2ep100it or a bare number of iterations"
+
 
 def _type_name(kind) -> str:
     origin, args = typing.get_origin(kind), typing.get_args(kind)
@@ -17,7 +86,7 @@ def _type_name(kind) -> str:
     if origin is list:
         return f"list of {_type_name(args[0])}"
     if origin is dict:
-        return f"mapping to {_type_name(args[1])}"
+        return f"mapping of {_type_name(args[0])} to {_type_name(args[1])}"
     return kind.__name__ if isinstance(kind, type) else str(kind)
 
 
@@ -27,34 +96,47 @@ def registry_choices() -> dict[str, str]:
     from lottery.pruning.methods import METHODS
 
     return {"model.name": model_names(), "model.init": ", ".join(INITIALIZERS),
-            "data.name": ", ".join(dataset_names()), "baseline.method": ", ".join(METHODS)}
+            "data.name": ", ".join(dataset_names()), "baseline.method": ", ".join(METHODS),
+            "train.device": "auto, cpu, cuda, cuda:N, mps"}
 
 
-def config_reference(width: int = 100) -> str:
-    """Every config key by section: type, default and valid choices."""
+def _key_line(dotted: str, kind, default, registries: dict[str, str]) -> str:
+    """`key: type and valid values, default; what it does`."""
+    kind_name = "steps" if dotted in STEP_KEYS else ("list of steps" if dotted == "train.milestones"
+                                                     else _type_name(kind))
+    valid = getattr(RANGES.get(dotted), "valid", None)
+    text = f"{dotted}: {kind_name}" + (f" {valid}" if valid else "")
+    text += ", required" if default == "???" else f", default {default!r}"
+    choices = ", ".join(CHOICES[dotted]) if dotted in CHOICES else registries.get(dotted)
+    if choices:
+        text += f", one of {choices}"
+    return text + (f" — {KEY_HELP[dotted]}" if dotted in KEY_HELP else "")
+
+
+def config_reference(width: int = WIDTH) -> str:
+    """Every config key by section: type, default, valid choices or range."""
     registries = registry_choices()
-    lines = ["config keys (override any with key=value; defaults shown are the schema's, an experiment may set others):"]
+    lines = textwrap.wrap("config keys: override any with key=value. Defaults are the schema's; an experiment may set "
+                          "others. Float keys take any form Python's float() reads, e.g. 5e-4, never inf or nan. "
+                          f"{STEPS[0].upper()}{STEPS[1:]}, where 1ep is one pass over the training set.", width)
     defaults = Config()
+    top_hints = typing.get_type_hints(Config)
     for section in dataclasses.fields(Config):
         if section.name.startswith("_"):
             continue
         value = getattr(defaults, section.name)
         if not dataclasses.is_dataclass(value):
-            lines.append(f"  {section.name}: {type(value).__name__} (default {value!r})")
+            text = _key_line(section.name, top_hints[section.name], value, registries)
+            lines.extend(textwrap.wrap(text, width, initial_indent="  ", subsequent_indent="      "))
             continue
         lines.append(f"  {section.name}:")
         hints = typing.get_type_hints(type(value))
         for key in dataclasses.fields(value):
-            dotted = f"{section.name}.{key.name}"
-            default = getattr(value, key.name)
-            shown = "required" if default == "???" else f"default {default!r}"
-            text = f"{dotted}: {_type_name(hints[key.name])}, {shown}"
-            choices = CHOICES.get(dotted) and ", ".join(CHOICES[dotted]) or registries.get(dotted)
-            if choices:
-                text += f"; one of {choices}"
+            text = _key_line(f"{section.name}.{key.name}", hints[key.name], getattr(value, key.name), registries)
             lines.extend(textwrap.wrap(text, width, initial_indent="    ", subsequent_indent="        "))
     return "\n".join(lines)
 
 
-def experiments_line() -> str:
-    return f"shipped experiments (--exp NAME, or a path to a YAML file): {', '.join(known_experiments())}"
+def experiments_line(width: int = WIDTH) -> str:
+    text = f"shipped experiments (--exp NAME, or a path to a YAML file): {', '.join(known_experiments())}"
+    return textwrap.fill(text, width, subsequent_indent="  ")

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 
-from lottery.cli.help import config_reference, experiments_line
+from lottery.cli.help import WIDTH, config_reference, experiments_line
 
 DESCRIPTION = "Lottery tickets and pruning at initialisation, tracked in MLflow, searched with Optuna."
 
@@ -18,13 +19,15 @@ def _with_config(parser: argparse.ArgumentParser, exp_required: bool = True) -> 
 def _command(commands, name: str, summary: str, runs: str, config: bool = True, exp_required: bool = True):
     """A subcommand whose help says what it runs, lists the shipped experiments and every config key."""
     epilog = f"{experiments_line()}\n\n{config_reference()}" if config else None
-    parser = commands.add_parser(name, help=summary, description=f"{summary}. {runs}", epilog=epilog,
+    description = textwrap.fill(f"{summary[0].upper()}{summary[1:]}. {runs}", WIDTH)
+    parser = commands.add_parser(name, help=summary, description=description, epilog=epilog,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     return _with_config(parser, exp_required) if config else parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     from lottery.pruning.methods import METHODS, method_names
+    from lottery.search.space import known_spaces
     from lottery.workflows.branches import BRANCHES
 
     parser = argparse.ArgumentParser(prog="lottery", description=DESCRIPTION,
@@ -77,18 +80,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = _command(commands, "search", "Optuna search over a space of config keys",
                       "Each trial is a whole ticket (or baselines) run; see configs/search/ for the spaces.")
-    search.add_argument("--space", required=True, help="a search space: NAME of configs/search/NAME.yaml, or a path")
+    search.add_argument("--space", required=True,
+                        help=f"a search space: NAME of configs/search/NAME.yaml ({', '.join(known_spaces())}), "
+                             "or a path")
     search.add_argument("--trials", type=int, required=True, help="finished trials the study should hold")
     search.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///optuna.db)")
     search.add_argument("--study", default=None, help="study name (default <exp>-<space>)")
 
     report = _command(commands, "report", "tables and figures from a run directory, or the seeds of an experiment "
-                      "aggregated", "", config=False)
+                      "aggregated", "Reads every finished stage's metrics.json (of one seed, or of every seed "
+                      "with mean ± std and 95% intervals) and writes the tables and accuracy-vs-density "
+                      "figures; trains nothing.", config=False)
     report.add_argument("run_dir", help="runs/<exp>/<hash>/seed_<s> (one seed) or runs/<exp>/<hash> (every seed)")
     report.add_argument("--out", default=None, help="figure folder (default: RUN_DIR/report)")
 
     evaluate = _command(commands, "evaluate", "every finished stage on corrupted test sets, and the prune potential",
-                        "", config=False)
+                        "Evaluates each stage's trained weights on Gaussian noise, blur, contrast, brightness and "
+                        "JPEG at each severity and writes robustness.json and a figure; trains nothing.",
+                        config=False)
     evaluate.add_argument("run_dir", help="runs/<exp>/<hash>/seed_<s>")
     evaluate.add_argument("--corruptions", default=None,
                           help="comma-separated, default all: noise,blur,contrast,brightness,jpeg "
@@ -100,20 +109,32 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("overrides", nargs="*", metavar="key=value",
                           help="keys outside the run hash only, e.g. data.root=/data train.device=cuda")
 
-    sync = _command(commands, "sync", "upload a finished run directory to MLflow", "", config=False)
+    sync = _command(commands, "sync", "upload a finished run directory to MLflow",
+                    "Re-attaches to the runs in RUN_DIR/tracking.json and logs only what MLflow lacks, so running "
+                    "it twice creates no duplicates; says 'nothing to sync' when the directory is unchanged since "
+                    "its last sync to the same store.", config=False)
     sync.add_argument("run_dir", help="runs/<exp>/<hash>/seed_<s>")
-    sync.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. track.uri=http://host:5000")
+    sync.add_argument("overrides", nargs="*", metavar="key=value",
+                      help="track.* keys choose the target, e.g. track.uri=http://host:5000 track.experiment=NAME")
+    sync.add_argument("--force", action="store_true", help="upload even when nothing changed since the last sync")
 
-    bench = _command(commands, "bench", "benchmarks: masking cost, data pipeline, scoring time, ...", "", config=False)
+    bench = _command(commands, "bench", "benchmarks: masking cost, data pipeline, scoring time, ...",
+                     "Each benchmark times its candidate against a baseline, interleaved, in one process, and writes "
+                     "a JSON report.", config=False)
     bench.add_argument("--out", default="bench.json", help="the JSON report (default bench.json)")
     bench.add_argument("--only", default=None, help="comma-separated benchmark names")
     bench.add_argument("--quick", action="store_true", help="fewer repeats (for smoke tests)")
 
-    reproduce = _command(commands, "reproduce", "reproduce a paper's result (lth, snip)", "", config=False)
+    reproduce = _command(commands, "reproduce", "reproduce a paper's result (lth, snip)",
+                         "lth: IMP on LeNet-300-100 with the random-reinit branch (Frankle & Carbin 2019); snip: SNIP at "
+                         "95% and 98% sparsity (Lee et al. 2019); on MNIST, compared with the papers' numbers. "
+                         "Overrides (key=value) apply to the paper's experiment.", config=False)
     reproduce.add_argument("paper", choices=("lth", "snip"))
     reproduce.add_argument("overrides", nargs="*", metavar="key=value")
 
-    export = _command(commands, "export", "export a level as a standalone state dict", "", config=False)
+    export = _command(commands, "export", "export a level as a standalone state dict",
+                      "Writes one level's trained, masked weights as a plain state dict, or its pruned layers as "
+                      "CSR; trains nothing.", config=False)
     export.add_argument("run_dir", help="runs/<exp>/<hash>/seed_<s>")
     export.add_argument("--level", type=int, required=True, help="the ticket level to export")
     export.add_argument("--format", choices=("dense", "sparse"), default="dense",

@@ -53,6 +53,8 @@ def _coerce(value: Any, kind, key: str, source: str | None):
             return None
         inner = [arg for arg in args if arg is not type(None)]
         return _coerce(value, inner[0], key, source)
+    if value is None:
+        raise ConfigError(f"expected {_type_name(kind)}, got no value (null)", key, source)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"expected a list, got {value!r}", key, source)
@@ -168,19 +170,41 @@ def experiment_path(name_or_path: str) -> Path:
     return _lookup(name_or_path, experiment_dirs(), "experiments")
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (PyYAML's own text spans several)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(f"{problem}{where}".split())
+
+
+def _not_found(name_or_path: str, path: Path) -> str:
+    shipped = f"shipped experiments: {', '.join(known_experiments()) or 'none'}"
+    if path.is_dir():
+        return f"experiment {path} is a folder, not a YAML file; {shipped}"
+    if path == Path("experiments") / f"{name_or_path}.yaml":  # a bare name that no folder holds
+        folders = ", ".join(f"{folder}/" for folder in experiment_dirs()) or "no experiments/ folder"
+        return f"experiment {name_or_path!r} not found (looked in {folders}); {shipped}"
+    return f"experiment file {path} not found; {shipped}"
+
+
 def read_yaml(path: Path, what: str) -> Any:
     """A YAML file's content; ConfigError naming the file for binary, non-UTF-8 or malformed YAML."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        data = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"cannot read the {what}: {error.strerror}", None, str(path)) from None
+    if b"\x00" in data:
+        raise ConfigError(f"the {what} is a binary file, not YAML", None, str(path))
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ConfigError(f"{what} {path} is not a UTF-8 text file ({error.reason} at byte {error.start})",
+        raise ConfigError(f"the {what} is not UTF-8 text ({error.reason} at byte {error.start})",
                           None, str(path)) from None
-    if "\x00" in text:
-        raise ConfigError(f"{what} {path} is a binary file, not YAML", None, str(path))
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError(f"invalid YAML: {error}", None, str(path)) from None
+        raise ConfigError(f"invalid YAML: {yaml_problem(error)}", None, str(path)) from None
 
 
 def merge_file(config: Config, path: Path) -> None:
@@ -194,8 +218,7 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | tuple = 
     if name_or_path is not None:
         path = experiment_path(name_or_path)
         if not path.is_file():
-            raise ConfigError(f"experiment file {path} not found; known experiments: "
-                              f"{', '.join(known_experiments()) or 'none'}")
+            raise ConfigError(_not_found(name_or_path, path))
         config.exp = path.stem
         merge_file(config, path)
     for text in overrides:
@@ -222,7 +245,7 @@ def from_yaml(text: str, source: str | None = None) -> Config:
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError(f"invalid YAML: {error}", None, source) from None
+        raise ConfigError(f"invalid YAML: {yaml_problem(error)}", None, source) from None
     _merge(config, config, values or {}, "", source)
     validate(config, source)
     return config

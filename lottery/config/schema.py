@@ -21,7 +21,7 @@ class DataConfig:
     name: str = REQUIRED
     path: Optional[str] = None
     root: str = field(default_factory=lambda: os.environ.get("DATA_ROOT", "./data"))
-    download: bool = False
+    download: bool = True  # MNIST, Fashion-MNIST, CIFAR: fetch missing files with torchvision
     subset: Optional[int] = None
     val_size: int = 0
     augment: Optional[bool] = None  # None: the dataset's standard choice

@@ -19,21 +19,24 @@ def _number(value: float) -> str:
 
 
 def _between(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Callable:
+    valid = f"in {'(' if low_open else '['}{_number(low)}, {_number(high)}{')' if high_open else ']'}"
+
     def check(value) -> str | None:
         above = value > low if low_open else value >= low
         below = value < high if high_open else value <= high
-        if above and below:
-            return None
-        return (f"must be in {'(' if low_open else '['}{_number(low)}, {_number(high)}{')' if high_open else ']'}, "
-                f"got {value!r}")
+        return None if above and below else f"must be {valid}, got {value!r}"
+    check.valid = valid  # what the help shows
     return check
 
 
 def _at_least(bound: float, strict: bool = False) -> Callable:
+    valid = f"{'>' if strict else '>='} {_number(bound)}"
+
     def check(value) -> str | None:
         if value is None or (value > bound if strict else value >= bound):
             return None
-        return f"must be {'>' if strict else '>='} {_number(bound)}, got {value!r}"
+        return f"must be {valid}, got {value!r}"
+    check.valid = valid
     return check
 
 
@@ -74,6 +77,8 @@ def validate(config: Config, source: str | None = None) -> None:
     def fail(key: str, message: str) -> None:
         raise ConfigError(message, key, source_of(config, key, source))
 
+    if not config.exp.strip() or config.exp in (".", "..") or any(c in config.exp for c in "/\\\0"):
+        fail("exp", f"must be a folder name (no '/', not empty, '.' or '..'), got {config.exp!r}")
     for key, value in flat.items():
         if value == REQUIRED:
             fail(key, "is required but missing")

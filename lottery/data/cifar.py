@@ -105,7 +105,6 @@ def load_cifar(name: str, cfg, seed: int, device) -> Dataset:
     missing = [file_name for file_name in names if not (folder / file_name).is_file()]
     download_error = None
     if missing and cfg.download:
-        logger.info("%s: downloading into %s", name, root)
         download_error = torchvision_download(spec.torchvision_class, root)
         missing = [file_name for file_name in names if not (folder / file_name).is_file()]
     if missing:

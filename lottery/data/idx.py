@@ -3,12 +3,11 @@
 Expected files: <data.root>/MNIST/raw/ (or FashionMNIST/raw/) with
 train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and
 t10k-labels-idx1-ubyte, each either plain or gzipped (".gz"). The files are parsed
-directly with numpy (no PIL); with data.download=true torchvision fetches missing ones.
+directly with numpy (no PIL); missing ones are fetched by torchvision unless data.download=false.
 """
 from __future__ import annotations
 
 import gzip
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,6 @@ import torch
 from lottery.data.dataset import DataError, Dataset
 from lottery.data.fetch import missing_files_error, torchvision_download
 from lottery.data.splits import tensor_dataset
-
-logger = logging.getLogger(__name__)
 
 FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 STATISTICS = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530)}
@@ -67,7 +64,6 @@ def load_idx_dataset(name: str, cfg, seed: int, device) -> Dataset:
     missing = [stem for stem in stems if find_idx_file(raw_dir, stem) is None]
     download_error = None
     if missing and cfg.download:
-        logger.info("%s: downloading into %s", name, root)
         download_error = torchvision_download(FOLDERS[name], root)
         missing = [stem for stem in stems if find_idx_file(raw_dir, stem) is None]
     if missing:

@@ -113,8 +113,9 @@ def run_experiment(config: Config, command: str = "lottery ticket", dry_run: boo
     seeds = seeds_of(config)
     tags = {"mlflow.parentRunId": experiment_run.run_id} if experiment_run is not None and experiment_run.run_id \
         else {}
-    contexts: dict[int, RunContext] = {
-        seed: attach_run(seed_config(config, seed), command, _dataset(seed_config(config, seed)), parent_tags=tags)
+    contexts: dict[int, RunContext] = {  # each seed's finished stages are checked before anything is written
+        seed: attach_run(seed_config(config, seed), command, _dataset(seed_config(config, seed)), parent_tags=tags,
+                         stages=[node.stage for node in graph.nodes if node.seed == seed])
         for seed in seeds}
     status = "FAILED"
     try:

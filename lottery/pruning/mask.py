@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lottery.errors import LotteryError
+from lottery.errors import CorruptFileError, LotteryError
 from lottery.run.files import atomic_write_bytes
 
 OUTPUT = "output"  # the special pattern: the last prunable layer
@@ -31,6 +31,10 @@ _PREFIX = struct.Struct("<8sHI")  # magic, version, header length
 
 class MaskError(LotteryError):
     """A mask that does not fit: bad file, wrong names or shapes, a pattern that matches no layer."""
+
+
+class MaskFileError(MaskError, CorruptFileError):
+    """A mask file that is truncated, corrupted or not a mask file at all."""
 
 
 def matching_names(names: list[str], patterns: Iterable[str], output_name: str | None, what: str) -> list[str]:
@@ -253,32 +257,32 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise MaskError(f"mask file {path} does not exist")
     data = path.read_bytes()
     if len(data) < _PREFIX.size:
-        raise MaskError(f"mask file {path} is truncated ({len(data)} bytes)")
+        raise MaskFileError(f"mask file {path} is truncated ({len(data)} bytes)")
     magic, version, header_length = _PREFIX.unpack_from(data)
     if magic != MAGIC:
-        raise MaskError(f"{path} is not a lottery mask file (bad magic {magic!r})")
+        raise MaskFileError(f"{path} is not a lottery mask file (bad magic {magic!r})")
     if version != VERSION:
-        raise MaskError(f"mask file {path} has version {version}; this code reads version {VERSION}")
+        raise MaskFileError(f"mask file {path} has version {version}; this code reads version {VERSION}")
     start = _PREFIX.size + header_length
     try:
         header = json.loads(zlib.decompress(data[_PREFIX.size:start]).decode())
         names, shapes, bits = header["names"], header["shapes"], int(header["bits"])
         codec, payload_length, checksum = header["codec"], int(header["payload"]), header["sha256"]
     except (ValueError, KeyError, TypeError, UnicodeDecodeError, zlib.error) as error:
-        raise MaskError(f"mask file {path} has a corrupted or truncated header ({error})") from None
+        raise MaskFileError(f"mask file {path} has a corrupted or truncated header ({error})") from None
     payload = data[start:]
     if len(payload) != payload_length:
-        raise MaskError(f"mask file {path} is truncated or has trailing bytes: "
-                        f"payload {len(payload)} bytes, header says {payload_length}")
+        raise MaskFileError(f"mask file {path} is truncated or has trailing bytes: "
+                            f"payload {len(payload)} bytes, header says {payload_length}")
     try:
         packed = zlib.decompress(payload) if codec == "zlib" else payload
     except zlib.error as error:
-        raise MaskError(f"mask file {path} is corrupted ({error})") from None
+        raise MaskFileError(f"mask file {path} is corrupted ({error})") from None
     if hashlib.sha256(packed).hexdigest() != checksum:
-        raise MaskError(f"mask file {path} is corrupted: checksum mismatch")
+        raise MaskFileError(f"mask file {path} is corrupted: checksum mismatch")
     sizes = [int(np.prod(shape)) for shape in shapes]
     if sum(sizes) != bits or len(names) != len(shapes) or len(packed) * 8 < bits:
-        raise MaskError(f"mask file {path} has an inconsistent header: {sum(sizes)} weights vs {bits} bits")
+        raise MaskFileError(f"mask file {path} has an inconsistent header: {sum(sizes)} weights vs {bits} bits")
     flat = torch.from_numpy(np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=bits).astype(bool))
     tensors, offset = {}, 0
     for name, shape, size in zip(names, shapes, sizes):

@@ -13,11 +13,12 @@ from typing import Optional
 from torch import nn
 
 from lottery.config import Config, flatten, from_yaml, to_yaml
-from lottery.errors import CorruptFileError, NotFoundError
+from lottery.errors import CorruptFileError, LotteryError, NotFoundError
 from lottery.run import distributed
 from lottery.run.files import read_checked_text, remove_stale_temporaries, torch_load, write_checked_text
 from lottery.run.layout import RunLayout
 from lottery.run.locks import FileLock
+from lottery.run.results import repair_results
 from lottery.tracking.base import RunHandle, Tracker, run_tags
 from lottery.training.device import resolve_fast_path
 from lottery.training.plan import StepPlan
@@ -36,6 +37,7 @@ class RunContext:
     command: str
     rank: int = 0
     world_size: int = 1
+    verified: frozenset = frozenset()  # names of the stages whose records open_run checked
 
     @property
     def is_main(self) -> bool:
@@ -80,10 +82,12 @@ def write_config(layout: RunLayout, config: Config) -> None:
     text = to_yaml(config)
     with FileLock(layout.lock_file("config")):
         try:
-            if read_checked_text(layout.config_file) == text:
+            if read_checked_text(layout.config_file, "config file") == text:
                 return
-        except (NotFoundError, CorruptFileError):
+        except NotFoundError:
             pass
+        except CorruptFileError as error:  # it only says what the last command ran, which this one knows
+            logger.warning("%s; written again from this command's config", error)
         write_checked_text(layout.config_file, text)
 
 
@@ -95,12 +99,13 @@ def read_config(run_dir) -> Config:
 
 
 def attach_run(config: Config, command: str, dataset=None, passive: bool = False,
-               parent_tags: Optional[dict] = None) -> RunContext:
-    """The RunContext of config's run directory: writes config.yaml and opens tracking (rank 0 only).
+               parent_tags: Optional[dict] = None, stages=()) -> RunContext:
+    """The RunContext of config's run directory: checks the records of the finished ones among `stages`, then
+    writes config.yaml and opens tracking (rank 0 only).
 
     `passive`: another process owns the run directory's parent MLflow run (an orchestrator, while this is one
-    of its workers), so it is attached without touching its status. Call only after every check has passed:
-    from here on, files are written.
+    of its workers), so it is attached without touching its status. Call only after every other check has
+    passed; nothing is written before the records are checked.
     """
     from lottery.tracking.client import make_tracker
 
@@ -108,16 +113,23 @@ def attach_run(config: Config, command: str, dataset=None, passive: bool = False
     dataset = dataset if dataset is not None else load_data(config)
     layout = RunLayout.of(config)
     tracker = Tracker()
+    verified = frozenset()
     if rank == 0:
-        layout.run_dir.mkdir(parents=True, exist_ok=True)
+        verified = frozenset(stage.name for stage in stages if stage.check_record(layout))  # before any write
+        try:
+            layout.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise LotteryError(f"cannot create the run directory {layout.run_dir} (run.root={config.run.root}): "
+                               f"{error.strerror or error}") from None
         for path in remove_stale_temporaries(layout.run_dir):
             logger.info("removed %s, left by a process that died", path)
         write_config(layout, config)
+        repair_results(layout)
         tracker = make_tracker(config, layout.run_dir, command=command)
     parent = tracker.parent(config.exp, {**run_tags(config, command), **(parent_tags or {})}, flatten(config),
                             passive=passive)
     run = RunContext(config, layout, dataset, step_plan(config, dataset, rank, world_size), tracker, parent, command,
-                     rank, world_size)
+                     rank, world_size, verified)
     if rank == 0 and not passive:
         fast = resolve_fast_path(config.train, run.new_model(), distributed.device_for(config), dataset.input_shape)
         parent.log_params(fast.as_params())
@@ -134,9 +146,9 @@ def close_run(run: RunContext, status: str) -> None:
 
 
 @contextmanager
-def open_run(config: Config, command: str, dataset=None):
-    """attach_run, then close_run FINISHED (or FAILED on an exception) around a command's stages."""
-    run = attach_run(config, command, dataset)
+def open_run(config: Config, command: str, dataset=None, stages=()):
+    """attach_run, then close_run FINISHED (or FAILED on an exception) around a command's `stages`."""
+    run = attach_run(config, command, dataset, stages=stages)
     status = "FAILED"
     try:
         yield run

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import socket
 import struct
@@ -22,7 +23,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from lottery.errors import CorruptFileError, NotFoundError
+from lottery.errors import CorruptFileError, LotteryError, NotFoundError
+
+logger = logging.getLogger(__name__)
 
 TORCH_TAG = b"lottery-sha256:"
 TORCH_COMMENT = len(TORCH_TAG) + 64
@@ -38,8 +41,11 @@ def _writer_tag() -> str:
 
 def _atomic(path: Path, write: Callable, durable: bool = True) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_writer_tag()}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_writer_tag()}.", suffix=".tmp")
+    except OSError as error:  # read-only, no permission, not a folder: one line naming the file
+        raise LotteryError(f"cannot write {path}: {error.strerror or error}") from None
     try:
         with os.fdopen(handle, "wb") as stream:
             write(stream)
@@ -48,8 +54,10 @@ def _atomic(path: Path, write: Callable, durable: bool = True) -> None:
                 os.fsync(stream.fileno())
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):  # a full disk, a folder in the way
+            raise LotteryError(f"cannot write {path}: {error.strerror or error}") from None
         raise
 
 
@@ -133,20 +141,43 @@ def atomic_torch_save(path, value: Any, durable: bool = True) -> None:
     atomic_write_bytes(path, _with_checksum(buffer.getvalue()), durable)
 
 
-def torch_load(path, map_location="cpu", what: str = "file") -> Any:
-    """Load a file written by atomic_torch_save; CorruptFileError naming it if any byte is off."""
-    import torch
-
-    data = _read(Path(path), what)
+def _checked_torch_bytes(path: Path, what: str) -> bytes:
+    data = _read(path, what)
     body, tag = data[:-TORCH_COMMENT], data[-TORCH_COMMENT:]
     if not tag.startswith(TORCH_TAG) or len(data) < TORCH_COMMENT + EOCD.size:
         raise CorruptFileError(f"{what} {path} is truncated or not a lottery file (no checksum at its end)")
     if hashlib.sha256(body).hexdigest().encode() != tag[len(TORCH_TAG):]:
         raise CorruptFileError(f"{what} {path} is corrupted: checksum mismatch")
+    return data
+
+
+def verify_torch_file(path, what: str = "file") -> None:
+    """Check a file written by atomic_torch_save without unpickling it; CorruptFileError naming it if damaged."""
+    _checked_torch_bytes(Path(path), what)
+
+
+def torch_load(path, map_location="cpu", what: str = "file") -> Any:
+    """Load a file written by atomic_torch_save; CorruptFileError naming it if any byte is off."""
+    import torch
+
+    data = _checked_torch_bytes(Path(path), what)
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
     except Exception as error:  # noqa: BLE001 - any unpickling failure of a checksummed file is corruption
         raise CorruptFileError(f"{what} {path} cannot be read ({type(error).__name__}: {error})") from None
+
+
+def load_cache(path, what: str = "cache file", map_location="cpu") -> Any | None:
+    """A file that can be computed again (a snapshot, a checkpoint): its content, or None when it is missing or
+    damaged; a damaged one is deleted with a warning."""
+    if not Path(path).exists():
+        return None
+    try:
+        return torch_load(path, map_location=map_location, what=what)
+    except CorruptFileError as error:
+        logger.warning("%s; computing it again", error)
+        Path(path).unlink(missing_ok=True)
+        return None
 
 
 # -- JSON records -----------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ and MLflow run name. Everything else asks this module; nothing else builds these
     runs/<exp>/<hash8>/                       the experiment (one config, every seed)
       report/                                 the seeds aggregated
       seed_<s>/                               one seed: the record
-        config.yaml  init.pt  rewind.pt  results.json  tracking.json
+        config.yaml  init.pt  rewind.pt  results.json  tracking.json  sync.json
         level_NN/                             IMP level N: mask.pt final.pt metrics.json DONE
         dense/                                `lottery train`
         branches/<name>/level_NN/             a control branch on level N's mask
@@ -223,6 +223,11 @@ class RunLayout:
     @property
     def tracking_file(self) -> Path:
         return self.run_dir / "tracking.json"
+
+    @property
+    def sync_file(self) -> Path:
+        """What `lottery sync` last uploaded where: a fingerprint per tracking URI and experiment."""
+        return self.run_dir / "sync.json"
 
     def lock_file(self, name: str) -> Path:
         """A lock beside the files it guards (".results.lock", ".init.lock", ...)."""

@@ -5,18 +5,43 @@ runs again replaces its own row. Rows are kept in the layout's table order.
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
+from lottery.errors import CorruptFileError
 from lottery.run.files import read_json, write_json
 from lottery.run.layout import RunLayout, StageRef
 from lottery.run.locks import FileLock
 
+logger = logging.getLogger(__name__)
+
 
 def read_rows(layout: RunLayout) -> list[dict]:
+    """The stored rows. results.json only gathers the rows of the stages' own records (metrics.json), so a
+    damaged one is rebuilt from those, with a warning (repair_results writes the rebuilt file)."""
     if not layout.results_file.exists():
         return []
-    rows = read_json(layout.results_file, "results file").get("rows")
+    try:
+        rows = read_json(layout.results_file, "results file").get("rows")
+    except CorruptFileError as error:
+        logger.warning("%s; rebuilt from the records of the finished stages", error)
+        return sorted(_stage_rows(layout), key=_order)
     return rows if isinstance(rows, list) else []
+
+
+def repair_results(layout: RunLayout) -> None:
+    """Write results.json again from the stages' records if it is damaged (a run calls this as it opens)."""
+    with FileLock(layout.lock_file("results")):
+        if not layout.results_file.exists():
+            return
+        try:
+            read_json(layout.results_file, "results file")
+        except CorruptFileError:
+            write_json(layout.results_file, {"rows": read_rows(layout)}, durable=False)
+
+
+def _stage_rows(layout: RunLayout) -> list[dict]:
+    return [read_json(directory / "metrics.json", "stage record")["row"] for _, directory in layout.stage_dirs()]
 
 
 def _order(row: dict) -> tuple:

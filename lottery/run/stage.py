@@ -18,11 +18,12 @@ from typing import Optional
 
 from torch import nn
 
+from lottery.errors import CorruptFileError, LotteryError
 from lottery.pruning.collapse import compression_of
 from lottery.pruning.mask import Mask
 from lottery.run import distributed
 from lottery.run.context import RunContext
-from lottery.run.files import atomic_torch_save, fsync_paths, read_json, write_json
+from lottery.run.files import atomic_torch_save, fsync_paths, read_json, verify_torch_file, write_json
 from lottery.run.layout import DONE, RunLayout, StageRef
 from lottery.run.locks import FileLock
 from lottery.run.results import record_row
@@ -58,6 +59,25 @@ class Stage:
     def done(self, layout: RunLayout) -> bool:
         raise NotImplementedError
 
+    def verify(self, layout: RunLayout) -> None:
+        """Check a finished stage's files against their checksums; CorruptFileError naming a damaged one."""
+
+    def redo_hint(self, layout: RunLayout) -> str:
+        """How to make the stage run again."""
+        return "delete it to compute it again"
+
+    def check_record(self, layout: RunLayout) -> bool:
+        """Whether the stage is done. A finished stage's files are the record, not a cache: a damaged one is a
+        CorruptFileError naming the file, never a silently wrong result."""
+        if not self.done(layout):
+            return False
+        try:
+            self.verify(layout)
+        except LotteryError as error:  # damaged, truncated or missing
+            raise CorruptFileError(f"{error} ({self.name} is finished: restore the file, or "
+                                   f"{self.redo_hint(layout)})") from None
+        return True
+
     def result(self, run: RunContext):
         """What a finished stage returns (its results row, or None)."""
         return None
@@ -81,19 +101,33 @@ def claim_and_run(run: RunContext, stage: Stage, wait: bool = True) -> tuple[obj
     With wait=False, StageBusy is raised at once when another process holds the stage's lock, so a scheduler
     can run something else meanwhile; the lock is the claim, so no two processes ever run one stage.
     """
-    if distributed.broadcast_object(stage.done(run.layout) if run.is_main else None):
+    if _finished(run, stage):
         return _result(run, stage), False
     lock = FileLock(stage.lock_path(run.layout), wait=wait, what=f"stage {stage.name} of {run.run_dir}")
     claimed = lock.acquire() if run.is_main else True
     if not distributed.broadcast_object(claimed):
         raise StageBusy(stage.name)
     try:
-        if distributed.broadcast_object(stage.done(run.layout) if run.is_main else None):
+        if _finished(run, stage):
             logger.info("%s: finished by another process", stage.name)
             return _result(run, stage), False
         return stage.execute(run), True
     finally:
         lock.release()
+
+
+def _finished(run: RunContext, stage: Stage) -> bool:
+    """Whether `stage` is done, decided on rank 0; a damaged record is an error on every rank."""
+    state = None
+    if run.is_main:
+        try:
+            state = stage.done(run.layout) if stage.name in run.verified else stage.check_record(run.layout)
+        except CorruptFileError as error:
+            state = str(error)
+    state = distributed.broadcast_object(state)
+    if isinstance(state, str):
+        raise CorruptFileError(state)
+    return state
 
 
 def _result(run: RunContext, stage: Stage):
@@ -131,6 +165,15 @@ class TrainingStage(Stage):
 
     def done(self, layout: RunLayout) -> bool:
         return (layout.directory(self.ref) / DONE).exists()
+
+    def verify(self, layout: RunLayout) -> None:
+        files = RunLayout.stage_files(layout.directory(self.ref))
+        Mask.load(files["mask.pt"])
+        verify_torch_file(files["final.pt"], "stage weights")
+        read_json(files["metrics.json"], "stage record")
+
+    def redo_hint(self, layout: RunLayout) -> str:
+        return f"delete its folder {self.ref.relative}/ to train it again"
 
     def result(self, run: RunContext) -> dict:
         return finished_row(run.layout.directory(self.ref))
@@ -175,8 +218,11 @@ class TrainingStage(Stage):
         if run.is_main:
             mask_path = directory / "mask.pt"
             if mask_path.exists():
-                mask = Mask.load(mask_path, model)
-            else:
+                try:
+                    mask = Mask.load(mask_path, model)
+                except CorruptFileError as error:  # the stage is unfinished: its mask is a cache, made again
+                    logger.warning("%s; making the mask of %s again", error, self.name)
+            if mask is None:
                 mask = self.make_mask(run, model)
                 mask.save(mask_path)
         distributed.barrier()

@@ -75,17 +75,25 @@ class SearchSpace:
     def name(self) -> str:
         return self.path.stem
 
+    @property
+    def source(self) -> str:
+        """Where its values come from, as errors say it."""
+        return f"search space {self.path}"
+
     def param(self, key: str) -> Optional[Param]:
         return next((param for param in self.params if param.key == key), None)
 
 
 def load_space(path: str | Path) -> SearchSpace:
     """Read and check the file's structure (types, ranges, keys). Raises ConfigError naming file and key."""
-    path = space_path(str(path))
+    given = str(path)
+    path = space_path(given)
     source = f"search space {path}"
     if not path.is_file():
-        raise ConfigError(f"search space file {path} not found; shipped spaces: {', '.join(known_spaces())}")
-    raw = read_yaml(path, "search space file")
+        what = f"search space {given!r}" if Path(given).suffix not in (".yaml", ".yml") and len(Path(given).parts) == 1 \
+            else f"search space file {path}"
+        raise ConfigError(f"{what} not found; shipped spaces (--space NAME): {', '.join(known_spaces()) or 'none'}")
+    raw = read_yaml(path, "search space")
     if not isinstance(raw, dict):
         raise ConfigError("a search space must be a mapping with a 'params' section", None, source)
     unknown = sorted(set(raw) - set(SPACE_KEYS))
@@ -203,7 +211,7 @@ def _parse_when(key: str, when, earlier: list[Param], all_keys: set[str], source
 
 def check_space(space: SearchSpace, config: Config) -> None:
     """Check every key and every range end against the config schema, before any trial runs."""
-    source = f"search space {space.path}"
+    source = space.source
     known = flatten(Config())
     param_keys = {param.key for param in space.params}
     for key in [*space.fixed, *param_keys]:
@@ -253,29 +261,17 @@ def _reason(error: ConfigError, key: str) -> str:
 def search_config(base: Config, space: SearchSpace, overrides: list[str] | tuple = ()) -> Config:
     """The config every trial starts from: experiment, then the space's fixed keys, then the command line."""
     config = copy.deepcopy(base)
-    source = f"search space {space.path}"
+    source = space.source
     overridden = {parse_override(text)[0] for text in overrides}
     known = flatten(Config())
     for key, value in space.fixed.items():
         _check_known(key, known, source)
         if key not in overridden:
             set_dotted(config, key, value, source)
-    validate(config, source)
-    _check_search_settings(config, source)
+    validate(config, source)  # the schema's ranges, search.* included
     check_selection(config, source_of(config, "data.val_size"))
     check_space(space, config)
     return config
-
-
-def _check_search_settings(config: Config, source: str) -> None:
-    checks = {
-        "search.heartbeat_seconds": config.search.heartbeat_seconds >= 1,
-        "search.max_retries": config.search.max_retries >= 0,
-        "search.startup_trials": config.search.startup_trials >= 0,
-    }
-    for key, ok in checks.items():
-        if not ok:
-            raise ConfigError(f"out of range: {flatten(config)[key]!r}", key, source)
 
 
 Suggest = Callable[[Param], Any]
@@ -293,9 +289,9 @@ def sample(space: SearchSpace, config: Config, suggest: Suggest) -> tuple[Config
         if not param.is_active(trial):
             continue
         value = suggest(param)
-        set_dotted(trial, param.key, value, f"search space {space.path}")
+        set_dotted(trial, param.key, value, space.source)
         values[param.key] = value
-    validate(trial, f"search space {space.path}")
+    validate(trial, space.source)
     return trial, values
 
 

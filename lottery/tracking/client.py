@@ -108,8 +108,10 @@ class MlflowTracker(Tracker):
 
     enabled = True
 
-    def __init__(self, config, run_dir: Path, command: str = ""):
+    def __init__(self, config, run_dir: Path, command: str = "", warn_on_failure: bool = True):
+        """warn_on_failure=False leaves the first failure to the caller (`lottery sync` reports it as its error)."""
         self.config, self.run_dir, self.command = config, Path(run_dir), command
+        self.warn_on_failure = warn_on_failure
         self.uri = resolve_uri(config)
         self.experiment = config.track.experiment or config.exp
         self.error: Optional[str] = None
@@ -260,10 +262,9 @@ class MlflowTracker(Tracker):
     def _fail(self, text: str) -> None:
         with self._lock:
             first, self.error = self.error is None, self.error or text
-        if first:
-            logger.warning("MLflow tracking failed (%s); tracking is off for the rest of this run. Training "
-                           "continues and the run directory %s stays complete; upload it later with "
-                           "`lottery sync %s`.", text, self.run_dir, self.run_dir)
+        if first and self.warn_on_failure:
+            logger.warning("MLflow at %s failed (%s): tracking is off for the rest of this run, which goes on; "
+                           "upload it later with `lottery sync %s`", self.uri, text, self.run_dir)
         self._release()
 
 

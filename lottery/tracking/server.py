@@ -46,6 +46,7 @@ def serve(inbox_fd: int, outbox_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches training, which then closes the runs
     os.nice(10)  # background work: where cores are scarce, training goes first
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # retries of a dead server: the one warning says it
     inbox, outbox = Connection(inbox_fd, writable=False), Connection(outbox_fd, readable=False)
     store: Optional[_Store] = None
     failed = False
@@ -64,12 +65,25 @@ def serve(inbox_fd: int, outbox_fd: int) -> None:
                         getattr(store, kind)(*args)
                 except Exception as error:  # noqa: BLE001 - reported; the training process turns tracking off
                     failed = True
-                    outbox.send(("failed", f"{type(error).__name__}: {str(error).strip()[:300]}"))
+                    outbox.send(("failed", failure_reason(error)))
     except (EOFError, OSError):
         pass  # the training process is gone
     # Everything is committed. Skip interpreter shutdown: MLflow's exit hooks (telemetry) cost ~1 s.
     logging.shutdown()
     os._exit(0)
+
+
+def failure_reason(error: BaseException) -> str:
+    """What went wrong, in a few words: the OS error of a connection when there is one (MLflow wraps it in
+    several layers of retry messages), else the error's first line."""
+    text = " ".join(str(error).split())
+    errno_at = text.find("[Errno ")
+    if errno_at >= 0:
+        return text[errno_at:].split("'")[0].split('"')[0].rstrip(")")
+    for phrase in ("timed out", "Name or service not known", "Temporary failure in name resolution"):
+        if phrase in text:
+            return phrase
+    return f"{type(error).__name__}: {text[:200]}"
 
 
 class _Store:

@@ -26,7 +26,7 @@ from lottery.pruning.mask import Mask
 from lottery.pruning.methods import METHODS, get_method, method_names
 from lottery.pruning.prune import PruneResult, PruneSpec, level_counts, prune
 from lottery.run import distributed
-from lottery.run.context import RunContext, open_run
+from lottery.run.context import RunContext, make_model, open_run
 from lottery.run.layout import StageRef
 from lottery.run.stage import Stage, TrainingStage, run_stage
 from lottery.workflows.ticket import InitStage, RewindStage, rewind_weights
@@ -293,13 +293,13 @@ def run_baselines(config: Config, methods: list[str], densities: list[float] | N
 
     check_starts(methods, at)
     dataset = check_ticket(config)  # the default densities are the ticket's levels; at=rewind needs its k
-    with open_run(config, command, dataset) as run:
-        densities = densities or ticket_densities(config, run.new_model())
-        run_stage(run, InitStage())
-        if at == "rewind":
-            run_stage(run, RewindStage())
-        rows = [run_stage(run, baseline_stage(config, method, density, at))
-                for method in methods for density in densities]
+    densities = densities or ticket_densities(config, make_model(config, dataset))
+    starts = [InitStage()] + ([RewindStage()] if at == "rewind" else [])
+    stages = [baseline_stage(config, method, density, at) for method in methods for density in densities]
+    with open_run(config, command, dataset, stages=[*starts, *stages]) as run:
+        for start in starts:
+            run_stage(run, start)
+        rows = [run_stage(run, stage) for stage in stages]
     if distributed.rank_and_world()[0] == 0:
         print(level_table(rows, label="method"))
         print(f"run directory: {run.run_dir}")

@@ -153,8 +153,9 @@ def run_branch(config: Config, name: str, levels: list[int], command: str = "lot
     from lottery.report.tables import level_table
 
     dataset = check_branch(config, name, levels)
-    with open_run(config, command, dataset) as run:
-        rows = [run_stage(run, BranchStage(name, level)) for level in levels]
+    stages = [BranchStage(name, level) for level in levels]
+    with open_run(config, command, dataset, stages=[RewindStage(), *stages]) as run:
+        rows = [run_stage(run, stage) for stage in stages]
     if distributed.rank_and_world()[0] == 0:
         print(level_table(rows))
         print(f"branch directory: {run.layout.branch_dir(name)}")

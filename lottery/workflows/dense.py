@@ -43,7 +43,7 @@ def run_dense(config: Config, command: str = "lottery train") -> dict:
     from lottery.workflows.preflight import check_config
 
     dataset = check_config(config)
-    with open_run(config, command, dataset) as run:
+    with open_run(config, command, dataset, stages=(InitStage(), DenseStage())) as run:
         run_stage(run, InitStage())
         row = run_stage(run, DenseStage())
     if distributed.rank_and_world()[0] == 0:

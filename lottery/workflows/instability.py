@@ -33,7 +33,8 @@ from lottery.report.figures import new_figure, png_bytes
 from lottery.report.tables import format_table
 from lottery.run import distributed
 from lottery.run.context import RunContext, open_run
-from lottery.run.files import atomic_torch_save, atomic_write_bytes, atomic_write_text, read_json, torch_load, write_json
+from lottery.run.files import (atomic_torch_save, atomic_write_bytes, atomic_write_text, load_cache, read_json,
+                               torch_load, write_json)
 from lottery.run.layout import RunLayout
 from lottery.run.stage import run_stage
 from lottery.steps import StepError, parse_steps
@@ -129,7 +130,7 @@ def run_instability(config: Config, rewind_steps: str, level: Optional[int] = No
     labels = parse_rewind_points(rewind_steps, plan.iterations_per_epoch, plan.total)
     layout = RunLayout.of(config)
     mask = _level_mask(layout, level)
-    with open_run(config, command, dataset) as run:
+    with open_run(config, command, dataset, stages=(InitStage(), RewindStage())) as run:
         run_stage(run, InitStage())
         model = run.new_model()
         if mask is not None:
@@ -177,8 +178,8 @@ def rewind_states(run: RunContext, model, steps: list[int]) -> dict[int, dict]:
             states[step] = theta0
         elif step == ticket_step and RewindStage().done(run.layout):
             states[step] = torch_load(run.layout.rewind_file, what="θk file")
-        elif path.exists():
-            states[step] = torch_load(path, what="rewind snapshot")
+        elif (cached := load_cache(path, "rewind snapshot")) is not None:
+            states[step] = cached
         else:
             missing.append(step)
     if missing:
@@ -224,8 +225,8 @@ def _analyse(run: RunContext, model, rewind: dict, step: int, label: str, mask, 
 def _train_copy(run: RunContext, model, rewind: dict, step: int, mask, seed: int, name: str, step_dir: Path,
                 handle) -> dict:
     path = step_dir / f"copy_{name}.pt"
-    if path.exists():
-        return torch_load(path, what="instability copy")
+    if (cached := load_cache(path, "instability copy")) is not None:
+        return cached
     config = run.config
 
     def on_eval(at: int, record: dict) -> None:

@@ -13,7 +13,7 @@ from typing import Optional
 from lottery.config import Config, source_of
 from lottery.errors import ConfigError
 from lottery.pruning.mask import Mask, MaskError, prunable_parameters
-from lottery.pruning.prune import imp_counts
+from lottery.pruning.prune import fraction_groups
 from lottery.pruning.selection import rate_overrides
 from lottery.run.context import load_data, make_model, step_plan
 
@@ -102,19 +102,26 @@ def _check_patterns(config: Config, model) -> None:
         fail(config, "prune.layer_rates", f"{error}")
 
 
-def possible_levels(config: Config, model, wanted: int) -> int:
-    """How many of `wanted` IMP levels still prune something: with round-half-up counts a layer stops shrinking
-    at a few weights, so levels past that point would repeat the last mask."""
+def possible_levels(config: Config, model, wanted: int) -> tuple[int, str]:
+    """How many of `wanted` IMP levels can prune, and why the next one could not. A level is impossible when it
+    would empty a layer counted on its own (layerwise scope or a prune.layer_rates entry), empty the pooled
+    layers (global scope), or remove no weight at all (round-half-up counts stop shrinking at a few weights)."""
     mask = Mask.ones(model, ignore=config.prune.ignore, include=config.prune.include)
-    counts = imp_counts({name: flags.numel() for name, flags in mask.items()}, config.prune.fraction,
-                        config.prune.scope, config.prune.layer_rates)
-    previous = next(counts)
+    names = list(mask.names)
+    alive = {name: flags.numel() for name, flags in mask.items()}
+    total = sum(alive.values())
     for level in range(1, wanted + 1):
-        kept = next(counts)
-        if kept == previous or kept < 1:
-            return level - 1
-        previous = kept
-    return wanted
+        step = fraction_groups(names, alive, config.prune.fraction, config.prune.scope, config.prune.layer_rates)
+        emptied = [members[0] if len(members) == 1 else "the pooled layers" for members, count in step if count < 1]
+        if emptied:
+            return level - 1, f"level {level} would leave no weight in {', '.join(emptied)}"
+        kept = sum(count for _, count in step)
+        if kept == total:
+            return level - 1, f"level {level} would remove no weight ({kept} are left)"
+        alive = {name: 0 for name in names}  # pooled layers: only their sum matters for the next step
+        alive.update({members[0]: count for members, count in step})
+        total = kept
+    return wanted, ""
 
 
 def check_ticket(config: Config):
@@ -126,11 +133,9 @@ def check_ticket(config: Config):
         fail(config, "ticket.rewind_step",
              f"rewind step {config.ticket.rewind_step} ({rewind_step} iterations) is after the end of training, "
              f"train.steps={config.train.steps} ({plan.total} iterations)")
-    model = make_model(config, dataset)
-    most = possible_levels(config, model, config.ticket.levels)
+    most, reason = possible_levels(config, make_model(config, dataset), config.ticket.levels)
     if config.ticket.levels > most:
         fail(config, "ticket.levels",
-             f"{config.ticket.levels} levels is more than pruning can do: level {most + 1} would remove no weight "
-             f"(about one weight is left per layer), so at most {most} levels are possible at "
-             f"prune.fraction={config.prune.fraction} with {config.prune.scope} scope")
+             f"{config.ticket.levels} levels are more than pruning can do: {reason}, so at most {most} levels are "
+             f"possible with prune.fraction={config.prune.fraction:g} and {config.prune.scope} scope")
     return dataset

@@ -16,7 +16,7 @@ from lottery.pruning.mask import Mask
 from lottery.pruning.prune import prune_fraction
 from lottery.run import distributed
 from lottery.run.context import RunContext, open_run
-from lottery.run.files import atomic_torch_save, torch_load
+from lottery.run.files import atomic_torch_save, torch_load, verify_torch_file
 from lottery.run.layout import RunLayout, StageRef
 from lottery.run.stage import Stage, TrainingStage, run_stage
 from lottery.training.loop import TrainJob, train
@@ -34,6 +34,9 @@ class InitStage(Stage):
 
     def done(self, layout: RunLayout) -> bool:
         return layout.init_file.exists()
+
+    def verify(self, layout: RunLayout) -> None:
+        verify_torch_file(layout.init_file, "θ0 file")
 
     def execute(self, run: RunContext) -> None:
         if run.is_main:
@@ -54,6 +57,9 @@ class RewindStage(Stage):
 
     def done(self, layout: RunLayout) -> bool:
         return layout.rewind_file.exists()
+
+    def verify(self, layout: RunLayout) -> None:
+        verify_torch_file(layout.rewind_file, "θk file")
 
     def execute(self, run: RunContext) -> None:
         model = run.new_model()
@@ -134,9 +140,10 @@ def run_ticket(config: Config, command: str = "lottery ticket",
     from lottery.workflows.preflight import check_ticket
 
     dataset = check_ticket(config)  # everything is checked before anything is written
-    with open_run(config, command, dataset) as run:
+    stages = ticket_stages(config)
+    with open_run(config, command, dataset, stages=stages) as run:
         outcome = TicketOutcome(run.run_dir)
-        for stage in ticket_stages(config):
+        for stage in stages:
             result = run_stage(run, stage)
             if isinstance(stage, LevelStage):
                 outcome.rows.append(result)
