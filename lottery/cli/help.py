@@ -73,7 +73,23 @@ KEY_HELP = {
     "search.heartbeat_seconds": "a trial without a heartbeat this long is taken over by another worker",
     "search.max_retries": "how often a trial whose worker died is retried",
     "search.startup_trials": "finished trials before the median pruner prunes",
+    "baseline.bn_mode": "BatchNorm while SNIP and GraSP score: auto = each method's reference code "
+                        "(SNIP eval, GraSP train)",
+    "baseline.distribution": "RigL/SET: how the initial density is spread over layers (ERK as in the RigL paper)",
+    "baseline.update_every": "RigL/SET: steps between mask updates (ΔT)",
+    "baseline.drop_fraction": "RigL/SET: fraction of each layer's weights dropped and regrown at the first update "
+                              "(α, cosine-decayed)",
+    "baseline.update_until": "RigL/SET: fraction of training after which the mask is frozen",
+    "experiment.seeds": "seeds `lottery ticket` runs, each its own seed_<s> folder; empty = the one `seed`",
+    "experiment.baselines.methods": "baselines run beside the ticket, at its level densities",
+    "experiment.baselines.at": "baselines prune and start from θ0 (init) or θk (rewind)",
+    "experiment.baselines.densities": "baseline densities; empty = the ticket's level densities, exactly",
+    "experiment.branches": "control branches and the ticket levels they branch from, e.g. {reinit: [3, 7]}",
     "run.root": "where run directories go",
+    "run.executor": "where `lottery ticket` runs its stages: local worker processes, or a Ray cluster",
+    "run.workers": "local worker processes on a CPU machine (the CPU threads are split between them)",
+    "run.jobs_per_device": "stages sharing one GPU (local executor with GPUs, or Ray: num_gpus = 1 / this)",
+    "run.ray_address": "the Ray cluster to submit to; null = $RAY_ADDRESS, else a local Ray instance",
 }
 STEPS = "steps: 160ep, 500it, 2ep100it or a bare number of iterations"
 
@@ -130,11 +146,22 @@ def config_reference(width: int = WIDTH) -> str:
             lines.extend(textwrap.wrap(text, width, initial_indent="  ", subsequent_indent="      "))
             continue
         lines.append(f"  {section.name}:")
-        hints = typing.get_type_hints(type(value))
-        for key in dataclasses.fields(value):
-            text = _key_line(f"{section.name}.{key.name}", hints[key.name], getattr(value, key.name), registries)
-            lines.extend(textwrap.wrap(text, width, initial_indent="    ", subsequent_indent="        "))
+        lines += _section_lines(section.name, value, registries, width, "    ")
     return "\n".join(lines)
+
+
+def _section_lines(prefix: str, node, registries: dict[str, str], width: int, indent: str) -> list[str]:
+    """A section's keys, nested sections (experiment.baselines) included."""
+    lines = []
+    hints = typing.get_type_hints(type(node))
+    for key in dataclasses.fields(node):
+        value, dotted = getattr(node, key.name), f"{prefix}.{key.name}"
+        if dataclasses.is_dataclass(value):
+            lines += _section_lines(dotted, value, registries, width, indent)
+            continue
+        text = _key_line(dotted, hints[key.name], value, registries)
+        lines.extend(textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent + "    "))
+    return lines
 
 
 def experiments_line(width: int = WIDTH) -> str:

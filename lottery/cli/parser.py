@@ -36,22 +36,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     _command(commands, "train", "train the dense model", "Trains θ0 to train.steps once, into RUN_DIR/dense.")
-    ticket = _command(commands, "ticket", "the whole experiment: IMP with rewinding, its baselines and controls, "
-                      "over seeds", "For each seed (experiment.seeds): saves θ0, trains to ticket.rewind_step (θk), "
+    ticket = _command(commands, "ticket", "IMP with rewinding, its baselines and controls, over seeds", "For each seed (experiment.seeds): saves θ0, trains to ticket.rewind_step (θk), "
                       "then trains, prunes prune.fraction of the remaining weights and rewinds to θk for each of "
                       "ticket.levels levels; alongside, every baseline (experiment.baselines) and control branch "
                       "(experiment.branches); on run.workers local workers, one per GPU, or Ray "
                       "(run.executor=ray). Ends with the seeds aggregated: IMP and its baselines side by side.")
     ticket.add_argument("--seeds", default=None, help="seeds to run, e.g. 0-4 or 0,3,7 (experiment.seeds)")
     ticket.add_argument("--dry-run", action="store_true", help="print the stages and what each waits for; run nothing")
-    plan = _command(commands, "plan", "print the experiment's stages, what each waits for, and how many; run nothing",
+    plan = _command(commands, "plan", "list the experiment's stages and what each waits for",
                     "The graph `lottery ticket` would run, after every check.")
     plan.add_argument("--seeds", default=None, help="seeds, e.g. 0-4 or 0,3,7 (experiment.seeds)")
 
     branch = _command(commands, "branch", "a control branch on the masks of an existing ticket run",
                       "Trains each given level's branch from θk (reinit: from new random weights).")
     branch.add_argument("--name", required=True, choices=tuple(BRANCHES),
-                        help="; ".join(f"{name}: {entry.description}" for name, entry in BRANCHES.items()))
+                        help="; ".join(f"{name}: {entry.description}" for name, entry in BRANCHES.items()).replace("%", "%%"))
     branch.add_argument("--levels", required=True, help="ticket levels to branch from, e.g. 1-5 or 3,7,12")
 
     baselines = _command(commands, "baselines", "baselines at the ticket's densities",
@@ -70,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "Prints per-layer densities and collapsed layers, or with --critical the largest compression "
                      "without layer collapse.")
     prune.add_argument("--method", required=True, choices=tuple(METHODS),
-                       help="; ".join(f"{name}: {m.description}" for name, m in METHODS.items()))
+                       help="; ".join(f"{name}: {m.description}" for name, m in METHODS.items()).replace("%", "%%"))
     target = prune.add_mutually_exclusive_group()
     target.add_argument("--density", type=float, help="fraction of the prunable weights to keep, in (0, 1]")
     target.add_argument("--compression", type=float, help="log10 compression: density = 10^-c")
@@ -87,14 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///optuna.db)")
     search.add_argument("--study", default=None, help="study name (default <exp>-<space>)")
 
-    report = _command(commands, "report", "tables and figures from a run directory, or the seeds of an experiment "
-                      "aggregated", "Reads every finished stage's metrics.json (of one seed, or of every seed "
+    report = _command(commands, "report", "tables and figures of a run, or of an experiment's seeds", "Reads every finished stage's metrics.json (of one seed, or of every seed "
                       "with mean ± std and 95% intervals) and writes the tables and accuracy-vs-density "
                       "figures; trains nothing.", config=False)
     report.add_argument("run_dir", help="runs/<exp>/<hash>/seed_<s> (one seed) or runs/<exp>/<hash> (every seed)")
     report.add_argument("--out", default=None, help="figure folder (default: RUN_DIR/report)")
 
-    evaluate = _command(commands, "evaluate", "every finished stage on corrupted test sets, and the prune potential",
+    evaluate = _command(commands, "evaluate", "accuracy of every stage on corrupted test sets",
                         "Evaluates each stage's trained weights on Gaussian noise, blur, contrast, brightness and "
                         "JPEG at each severity and writes robustness.json and a figure; trains nothing.",
                         config=False)

@@ -61,7 +61,7 @@ RANGES: dict[str, Callable[[Any], str | None]] = {
     "baseline.density": _between(0, 1, low_open=True),
     "baseline.drop_fraction": _between(0, 1, low_open=True),
     "baseline.update_until": _between(0, 1, low_open=True),
-    "search.target_density": lambda value: None if value is None else _between(0, 1, low_open=True)(value),
+    "search.target_density": _between(0, 1, low_open=True),
     "search.heartbeat_seconds": _at_least(1),
     "search.max_retries": _at_least(0),
     "search.startup_trials": _at_least(0),

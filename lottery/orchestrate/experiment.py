@@ -19,7 +19,7 @@ from lottery.orchestrate.graph import Graph, Node, describe, experiment_graph, s
 from lottery.orchestrate.progress import Progress, quiet_console
 from lottery.orchestrate.worker import Outcome, Task
 from lottery.run import distributed
-from lottery.run.context import RunContext, attach_run, close_run, make_model
+from lottery.run.context import RunContext, attach_run, close_run, make_directory, make_model
 from lottery.run.layout import RunLayout
 from lottery.run.stage import run_stage
 
@@ -103,10 +103,11 @@ def run_experiment(config: Config, command: str = "lottery ticket", dry_run: boo
         print(describe(graph), file=stream)
         return outcome
     rank, world_size = distributed.rank_and_world()
+    if rank == 0:
+        make_directory(layout.experiment_dir, config)
     tracker = make_tracker(config, layout.experiment_dir, command) if rank == 0 else None
     experiment_run = None
     if tracker is not None:
-        layout.experiment_dir.mkdir(parents=True, exist_ok=True)
         parent = tracker.parent(f"{config.exp} {config_hash(config)}", {"kind": "experiment"}, flatten(config))
         tracker.flush()
         experiment_run = parent

@@ -98,6 +98,15 @@ def read_config(run_dir) -> Config:
     return from_yaml(read_checked_text(path, "config file"), str(path))
 
 
+def make_directory(path: Path, config: Config) -> None:
+    """mkdir -p, or one error line naming the folder and run.root."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise LotteryError(f"cannot create the run directory {path} (run.root={config.run.root}): "
+                           f"{error.strerror or error}") from None
+
+
 def attach_run(config: Config, command: str, dataset=None, passive: bool = False,
                parent_tags: Optional[dict] = None, stages=()) -> RunContext:
     """The RunContext of config's run directory: checks the records of the finished ones among `stages`, then
@@ -116,11 +125,7 @@ def attach_run(config: Config, command: str, dataset=None, passive: bool = False
     verified = frozenset()
     if rank == 0:
         verified = frozenset(stage.name for stage in stages if stage.check_record(layout))  # before any write
-        try:
-            layout.run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise LotteryError(f"cannot create the run directory {layout.run_dir} (run.root={config.run.root}): "
-                               f"{error.strerror or error}") from None
+        make_directory(layout.run_dir, config)
         for path in remove_stale_temporaries(layout.run_dir):
             logger.info("removed %s, left by a process that died", path)
         write_config(layout, config)

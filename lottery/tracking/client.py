@@ -56,6 +56,9 @@ def metric_values(metrics: dict[str, Any]) -> dict[str, float]:
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
 
 
+_WARNED: set[str] = set()  # stores whose failure this process has already reported
+
+
 class MlflowRunHandle(RunHandle):
     """One MLflow run, as seen by training: every method returns at once."""
 
@@ -262,9 +265,14 @@ class MlflowTracker(Tracker):
     def _fail(self, text: str) -> None:
         with self._lock:
             first, self.error = self.error is None, self.error or text
-        if first and self.warn_on_failure:
+            warn = first and self.warn_on_failure and self.uri not in _WARNED
+            _WARNED.add(self.uri)
+        if warn:  # one line per store and process: an experiment's seeds share the store and the outage
             logger.warning("MLflow at %s failed (%s): tracking is off for the rest of this run, which goes on; "
-                           "upload it later with `lottery sync %s`", self.uri, text, self.run_dir)
+                           "upload it later with `lottery sync %s` (and each run directory this command printed)",
+                           self.uri, text, self.run_dir)
+        elif first:
+            logger.info("MLflow at %s failed for %s too (%s)", self.uri, self.run_dir, text)
         self._release()
 
 
