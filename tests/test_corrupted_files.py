@@ -27,8 +27,9 @@ ARGS = ["--exp", "digits", "track.enabled=false", "train.progress=off", "train.d
         "ticket.levels=2", "ticket.checkpoint_every=5it"]
 
 
-class Killed(Exception):
-    """Stands in for the process being killed."""
+class Killed(BaseException):
+    """Stands in for the process being killed (a BaseException, as a kill is no stage failure the orchestrator could
+    catch and go on from)."""
 
 
 def ticket(root, capsys, *extra) -> tuple[int, str]:
