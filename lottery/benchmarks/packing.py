@@ -5,8 +5,9 @@ baselines are all masked) over the same segment of the experiment's schedule, st
 call, evaluating once at the segment's end:
 - sequential: [train(job) for job in jobs], the solo loop (lottery.training.loop);
 - packed:     train_packed(jobs), one forward and backward over the K models per step.
-Both get the fast path resolved once beforehand (as a caller passing TrainJob.fast would), so the FLOP
-count that train() otherwise runs per call is not charged to the sequential side. Rounds are interleaved
+Both get their fast path resolved once beforehand (as a caller passing TrainJob.fast would), so the FLOP
+count that train() otherwise runs per call is not charged to the sequential side: the solo loop's for one
+model, pack_fast_path's for the pack (CPU threads by the same rule, for the pack's whole step). Rounds are interleaved
 (timing.py); value = median over rounds of sequential time / packed time = packed model-steps/s over
 sequential model-steps/s.
 
@@ -32,7 +33,7 @@ from lottery.models import build_model
 from lottery.pruning.mask import Mask
 from lottery.training.device import resolve_fast_path
 from lottery.training.loop import TrainJob, train
-from lottery.training.packed import train_packed
+from lottery.training.packed import pack_fast_path, train_packed
 
 logger = logging.getLogger(__name__)
 
@@ -100,15 +101,16 @@ class Contenders:
         self.masks = [random_mask(model, DENSITY, seed) for seed, model in enumerate(self.theta0)]
         self.seeds = [config.seed] * case.pack if case.shared_order else list(range(case.pack))
         self.fast = resolve_fast_path(config.train, self.theta0[0], sample_shape=dataset.input_shape)
+        self.pack_fast = pack_fast_path(config.train, self.theta0[0], dataset.input_shape, case.pack)
 
-    def jobs(self) -> list[TrainJob]:
+    def jobs(self, fast) -> list[TrainJob]:
         return [TrainJob(model=copy.deepcopy(model), dataset=self.dataset, train_cfg=self.config.train, seed=seed,
-                         start_step=0, end_step=self.case.steps, mask=mask, fast=self.fast, desc=f"model {index}")
+                         start_step=0, end_step=self.case.steps, mask=mask, fast=fast, desc=f"model {index}")
                 for index, (model, mask, seed) in enumerate(zip(self.theta0, self.masks, self.seeds))]
 
     def calls(self) -> dict[str, Callable[[], object]]:
-        return {"sequential": lambda: [train(job) for job in self.jobs()],
-                "packed": lambda: train_packed(self.jobs())}
+        return {"sequential": lambda: [train(job) for job in self.jobs(self.fast)],
+                "packed": lambda: train_packed(self.jobs(self.pack_fast))}
 
 
 def measure(case: PackingCase) -> BenchEntry:
@@ -125,7 +127,8 @@ def measure(case: PackingCase) -> BenchEntry:
         "density": DENSITY, "data": contenders.dataset.name,
         "packed_model_steps_per_s": model_steps / timings.median("packed"),
         "sequential_model_steps_per_s": model_steps / timings.median("sequential"),
-        "speedup_min": low, "speedup_max": high, "cpu_threads": contenders.fast.cpu_threads,
+        "speedup_min": low, "speedup_max": high, "cpu_threads_sequential": contenders.fast.cpu_threads,
+        "cpu_threads_packed": contenders.pack_fast.cpu_threads,
         "load_average_before": before, "load_average_after": load_average(), **timings.summary(),
         "note": "value = median over interleaved rounds of sequential / packed time for the same K jobs "
                 "(each from θ0, one evaluation at the end, fast path resolved once for both)",

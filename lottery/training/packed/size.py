@@ -87,18 +87,19 @@ def free_memory_bytes(device: torch.device) -> Optional[int]:
 
 
 def choose_pack_size(model: nn.Module, train_cfg, input_shape: tuple[int, ...], device: torch.device | str = "cpu",
-                     max_pack: Optional[int] = None, free_bytes: Optional[int] = None) -> int:
-    """The number of models like `model` to pack on `device`: what fits in HEADROOM of its free memory,
-    at least 1, at most `max_pack` (default MAX_PACK for the device type, 1 for others)."""
+                     max_pack: Optional[int] = None, free_bytes: Optional[int] = None, jobs_per_device: int = 1) -> int:
+    """The number of models like `model` to pack on `device`: what fits in HEADROOM of its free memory shared
+    by `jobs_per_device` packs, at least 1, at most `max_pack` (default MAX_PACK for the device type, 1 for
+    others; free memory that cannot be read gives 1)."""
     device = torch.device(device)
     bound = max_pack if max_pack is not None else MAX_PACK.get(device.type, 1)
-    if bound < 1:
-        raise ValueError(f"max_pack must be >= 1, got {bound}")
+    if bound < 1 or jobs_per_device < 1:
+        raise ValueError(f"max_pack and jobs_per_device must be >= 1, got {bound} and {jobs_per_device}")
     free = free_bytes if free_bytes is not None else free_memory_bytes(device)
     if free is None:
         return 1
     per_model = bytes_per_model(model, train_cfg, tuple(input_shape))
-    fitting = int(free * HEADROOM // max(per_model, 1))
+    fitting = int(free * HEADROOM / jobs_per_device // max(per_model, 1))
     chosen = max(1, min(bound, fitting))
     logger.info("pack size %d on %s: %.1f MiB per model, %.0f MiB free, at most %d", chosen, device,
                 per_model / 2**20, free / 2**20, bound)

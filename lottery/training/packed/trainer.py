@@ -13,6 +13,7 @@ kernels as in an uninterrupted run and resumes bit for bit.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -22,12 +23,13 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from lottery.models.flops import forward_flops
 from lottery.run.files import atomic_torch_save
-from lottery.training.device import FastPath, cpu_threads, resolve_fast_path
+from lottery.training.device import FastPath, cpu_threads, resolve_cpu_threads, resolve_fast_path
 from lottery.training.loop import (TrainJob, TrainResult, _progress, autocast_for, checkpoint_payload, evaluate_all,
                                    read_checkpoint, set_rng_state)
-from lottery.training.packed.checks import check_packable, check_fast_path
-from lottery.training.packed.layers import packed_logits
+from lottery.training.packed.checks import check_fast_path, check_packable
+from lottery.training.packed.layers import PackError, packed_logits
 from lottery.training.packed.network import Stack, check_packed_forward, pack_inputs, packed_network
 from lottery.training.packed.optimizer import PackOptimizer
 from lottery.training.plan import StepPlan
@@ -40,10 +42,20 @@ def train_packed(jobs: Sequence[TrainJob]) -> list[TrainResult]:
     jobs = list(jobs)
     check_packable(jobs)
     first = jobs[0]
-    fast = first.fast or resolve_fast_path(first.train_cfg, first.model, sample_shape=first.dataset.input_shape)
+    fast = first.fast or pack_fast_path(first.train_cfg, first.model, first.dataset.input_shape, len(jobs))
     check_fast_path(fast)
-    with cpu_threads(fast.cpu_threads):  # the solo rule, from one model's size: the same for every pack size
+    with cpu_threads(fast.cpu_threads):
         return _train_packed(jobs, fast)
+
+
+def pack_fast_path(train_cfg, model, sample_shape: tuple[int, ...], pack_size: int) -> FastPath:
+    """The solo loop's fast path, with CPU threads chosen by the solo rule for the pack's whole step: K models'
+    forward FLOPs (a pack of small models is a large step, which is faster on all cores)."""
+    fast = resolve_fast_path(train_cfg, model)
+    if fast.device.type != "cpu":
+        return fast
+    flops = forward_flops(model, tuple(sample_shape), train_cfg.batch_size) * pack_size
+    return dataclasses.replace(fast, cpu_threads=resolve_cpu_threads(fast.device, flops))
 
 
 @dataclass
@@ -74,7 +86,7 @@ class _Batches:
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.shared:
             inputs, labels = self.orders[0].batch(step)
-            labels = labels.expand(self.size, -1)
+            labels = labels.expand(self.size, -1).contiguous()
             if not self.shared_input_works:
                 inputs = pack_inputs([inputs] * self.size)
         else:
@@ -140,7 +152,9 @@ def _train_packed(jobs: list[TrainJob], fast: FastPath) -> list[TrainResult]:
                 if (slot.active and job.checkpoint_path is not None and job.checkpoint_every > 0
                         and step % job.checkpoint_every == 0 and step < job.end_step):
                     _save_checkpoint(index, slot, optimizer, scaler_state, step, loss_sums)
-        for slot in slots:
+        for index, slot in enumerate(slots):
+            if not slot.active:  # a checkpoint at or past the segment's end, as the solo loop would load it
+                _join(index, slot, optimizer, loss_sums)
             if not slot.result.history or slot.result.history[-1]["step"] != step:
                 # A zero-length segment (T = k) is still evaluated, so every stage reports accuracy.
                 slot.result.history.append(evaluate_all(slot.job.model, slot.job, fast, step, schedule(step), math.nan))
@@ -167,7 +181,8 @@ def _resume(slots: list[_Slot], optimizer: PackOptimizer, loss_sums: torch.Tenso
     loaded = [slot for slot in starting if slot.checkpoint is not None]
     if loaded and len(loaded) != len(starting):
         names = ", ".join(slot.job.desc for slot in starting if slot.checkpoint is None)
-        raise ValueError(f"jobs {names} start at step {start} without a checkpoint while others resume there")
+        raise PackError(f"packed training: {names} start at step {start} without a checkpoint, while other jobs "
+                        f"of the pack resume there from theirs; they cannot share one optimizer step count")
     if loaded:
         optimizer.load_all([slot.checkpoint["optimizer"] for slot in loaded] if len(loaded) == len(slots)
                            else _fill_missing(slots, start))
