@@ -16,7 +16,7 @@ from lottery.pruning.mask import Mask
 from lottery.pruning.prune import prune_fraction
 from lottery.training.device import SMALL_STEP_FLOPS, FastPath, resolve_fast_path
 from lottery.training.loop import TrainJob, train
-from lottery.training.packed import PackError, choose_pack_size, pack_fast_path, train_packed
+from lottery.training.packed import PackError, choose_pack_size, train_packed
 from lottery.training.packed.size import bytes_per_model
 from tests.helpers import tiny_dataset
 from tests.packed_helpers import (ARCHITECTURES, as_float64, assert_histories_match, assert_identical, make_config,
@@ -279,19 +279,17 @@ def test_choose_pack_size_fits_free_memory_within_bounds():
     assert 1 <= choose_pack_size(model, config.train, dataset.input_shape, "cpu") <= 8
 
 
-def test_a_pack_picks_cpu_threads_by_the_solo_rule_for_its_whole_step(monkeypatch):
+def test_a_pack_trains_on_the_solo_loops_cpu_threads_whatever_its_size(monkeypatch):
+    """Threads by one model's size (the solo rule), not the pack's: the same kernels for every pack size."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     config = make_config()
     dataset = tiny_dataset(config)
-    model = make_models(config, dataset, 1, dtype=torch.float32)[0]
-    flops = forward_flops(model, dataset.input_shape, config.train.batch_size)
-    large = int(SMALL_STEP_FLOPS // flops) + 1  # this many models make a step above the one-thread size
-    assert pack_fast_path(config.train, model, dataset.input_shape, 1) == resolve_fast_path(
-        config.train, model, sample_shape=dataset.input_shape)
-    assert pack_fast_path(config.train, model, dataset.input_shape, 1).cpu_threads == 1
-    assert pack_fast_path(config.train, model, dataset.input_shape, large).cpu_threads == torch.get_num_threads()
+    base = make_models(config, dataset, 1, dtype=torch.float32)[0]
+    pack = int(SMALL_STEP_FLOPS // forward_flops(base, dataset.input_shape, config.train.batch_size)) + 1
+    assert resolve_fast_path(config.train, base, sample_shape=dataset.input_shape).cpu_threads == 1
     seen, before = [], torch.get_num_threads()
-    jobs = make_jobs(config, dataset, make_models(config, dataset, 2, dtype=torch.float32), [0, 1], steps=2, fast=None)
+    jobs = make_jobs(config, dataset, [copy.deepcopy(base) for _ in range(pack)], list(range(pack)), steps=2,
+                     fast=None)
     jobs[0].hooks = (lambda step: seen.append(torch.get_num_threads()),)
-    train_packed(jobs)
+    train_packed(jobs)  # a step above the one-thread size, of models below it
     assert seen == [1, 1] and torch.get_num_threads() == before

@@ -9,6 +9,6 @@ May import torch and what lottery.training may import, plus lottery.training's o
 """
 from lottery.training.packed.layers import PackError
 from lottery.training.packed.size import choose_pack_size
-from lottery.training.packed.trainer import pack_fast_path, train_packed
+from lottery.training.packed.trainer import train_packed
 
-__all__ = ["PackError", "choose_pack_size", "pack_fast_path", "train_packed"]
+__all__ = ["PackError", "choose_pack_size", "train_packed"]

@@ -137,9 +137,9 @@ def _differ(packed: torch.Tensor, solo: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
-def check_packed_forward(network: nn.Module, stack: Stack, input_shape: tuple[int, ...]) -> bool:
-    """Refuse (PackError) a network whose packed forward differs from its models'; return whether the
-    layers also take one shared, unpacked batch (else a shared batch is repeated for every model)."""
+def check_packed_forward(network: nn.Module, stack: Stack, input_shape: tuple[int, ...], shared_batch: bool) -> bool:
+    """Refuse (PackError) a network whose packed forward differs from its models'. With `shared_batch`, return
+    whether the layers also take one shared, unpacked batch (else it is repeated for every model)."""
     reference = next(iter(stack.params.values()))
     generator = torch.Generator().manual_seed(0)
     shape = (stack.size, PROBE_BATCH, *input_shape)
@@ -147,7 +147,7 @@ def check_packed_forward(network: nn.Module, stack: Stack, input_shape: tuple[in
                                                                         dtype=reference.dtype)
     saved = stack.snapshot_buffers()
     was_training = [model.training for model in stack.models]
-    shared_works = True
+    shared_works = shared_batch
     try:
         for training in (False, True):  # eval mode: running statistics; train mode: batch statistics
             network.train(training)

@@ -13,7 +13,6 @@ kernels as in an uninterrupted run and resumes bit for bit.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -23,9 +22,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from lottery.models.flops import forward_flops
 from lottery.run.files import atomic_torch_save
-from lottery.training.device import FastPath, cpu_threads, resolve_cpu_threads, resolve_fast_path
+from lottery.training.device import FastPath, cpu_threads, resolve_fast_path
 from lottery.training.loop import (TrainJob, TrainResult, _progress, autocast_for, checkpoint_payload, evaluate_all,
                                    read_checkpoint, set_rng_state)
 from lottery.training.packed.checks import check_fast_path, check_packable
@@ -42,20 +40,12 @@ def train_packed(jobs: Sequence[TrainJob]) -> list[TrainResult]:
     jobs = list(jobs)
     check_packable(jobs)
     first = jobs[0]
-    fast = first.fast or pack_fast_path(first.train_cfg, first.model, first.dataset.input_shape, len(jobs))
+    fast = first.fast or resolve_fast_path(first.train_cfg, first.model, sample_shape=first.dataset.input_shape)
     check_fast_path(fast)
+    # CPU threads by the solo rule for one model: the same for every pack size, so a model's arithmetic (and its
+    # results, bit for bit) does not depend on what it is packed with; see docs/notes/packed.md for the measurements.
     with cpu_threads(fast.cpu_threads):
         return _train_packed(jobs, fast)
-
-
-def pack_fast_path(train_cfg, model, sample_shape: tuple[int, ...], pack_size: int) -> FastPath:
-    """The solo loop's fast path, with CPU threads chosen by the solo rule for the pack's whole step: K models'
-    forward FLOPs (a pack of small models is a large step, which is faster on all cores)."""
-    fast = resolve_fast_path(train_cfg, model)
-    if fast.device.type != "cpu":
-        return fast
-    flops = forward_flops(model, tuple(sample_shape), train_cfg.batch_size) * pack_size
-    return dataclasses.replace(fast, cpu_threads=resolve_cpu_threads(fast.device, flops))
 
 
 @dataclass
@@ -91,7 +81,8 @@ class _Batches:
                 inputs = pack_inputs([inputs] * self.size)
         else:
             inputs, labels = type(self.orders[0]).joined(self.orders, step)  # one gather (TrainBatches)
-            inputs = pack_inputs(inputs.view(self.size, -1, *inputs.shape[1:]).unbind())
+            per_model = inputs.view(self.size, -1, *inputs.shape[1:])  # (K, B, C, ...) -> channels layout (B, K·C, ...)
+            inputs = per_model.transpose(0, 1).reshape(per_model.shape[1], -1, *inputs.shape[2:])
             labels = labels.view(self.size, -1)
         if self.channels_last and inputs.dim() == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -110,7 +101,9 @@ def _train_packed(jobs: list[TrainJob], fast: FastPath) -> list[TrainResult]:
     bar = None
     try:
         network = packed_network(first.model, stack)
-        batches = _Batches(jobs, check_packed_forward(network, stack, first.dataset.input_shape), fast.channels_last)
+        shared_batch = len({job.seed for job in jobs}) == 1
+        batches = _Batches(jobs, check_packed_forward(network, stack, first.dataset.input_shape, shared_batch),
+                           fast.channels_last)
         plan = StepPlan.from_config(cfg, batches.iterations_per_epoch)
         schedule = plan.lr_schedule(cfg)
         optimizer = PackOptimizer(stack, cfg, [job.mask for job in jobs])
