@@ -9,20 +9,9 @@ import torch
 
 from lottery.training.loop import train
 from lottery.training.packed import train_packed
-from tests.helpers import tiny_dataset
+from tests.helpers import Interrupt, interrupt_at, tiny_dataset
 from tests.packed_helpers import (as_float64, assert_histories_match, assert_identical, make_config, make_jobs,
                                   make_models, random_mask, worst_relative_difference)
-
-
-class _Interrupt(Exception):
-    pass
-
-
-def _interrupt_at(step_to_fail):
-    def hook(step):
-        if step == step_to_fail:
-            raise _Interrupt
-    return hook
 
 
 def _checkpointed(jobs, folder, every=25):
@@ -46,8 +35,8 @@ def test_resume_after_an_interruption_is_bit_identical(tmp_path):
 
     models = copy.deepcopy(base)
     jobs = _checkpointed(make_jobs(config, dataset, models, [1, 2, 3], masks, steps=60), tmp_path)
-    jobs[2].hooks = (_interrupt_at(37),)
-    with pytest.raises(_Interrupt):
+    jobs[2].hooks = (interrupt_at(37),)
+    with pytest.raises(Interrupt):
         train_packed(jobs)
     assert all(job.checkpoint_path.exists() for job in jobs)
     fresh = copy.deepcopy(base)  # the starting weights again: everything else comes from the checkpoints
@@ -69,12 +58,12 @@ def test_resume_when_a_kill_fell_between_the_checkpoint_writes_of_one_step(tmp_p
 
     def killed_after_the_first_write(path, value, durable=True):
         if value["step"] == 50 and path.name == "job1.pt":
-            raise _Interrupt
+            raise Interrupt
         save(path, value, durable)
 
     monkeypatch.setattr(trainer, "atomic_torch_save", killed_after_the_first_write)
     models = copy.deepcopy(base)
-    with pytest.raises(_Interrupt):
+    with pytest.raises(Interrupt):
         train_packed(_checkpointed(make_jobs(config, dataset, models, [1, 2, 3], masks, steps=60), tmp_path))
     monkeypatch.setattr(trainer, "atomic_torch_save", save)
     assert [torch.load(tmp_path / f"job{index}.pt", weights_only=False)["step"] for index in range(3)] == [50, 25, 25]
@@ -95,16 +84,16 @@ def test_packed_and_solo_checkpoints_resume_in_each_other(tmp_path):
 
     packed_first = copy.deepcopy(base)
     jobs = _checkpointed(make_jobs(config, dataset, packed_first, [1, 2], masks), tmp_path / "a")
-    jobs[0].hooks = (_interrupt_at(60),)
-    with pytest.raises(_Interrupt):
+    jobs[0].hooks = (interrupt_at(60),)
+    with pytest.raises(Interrupt):
         train_packed(jobs)
     resumed_solo = copy.deepcopy(base)
     results = [train(job) for job in _checkpointed(make_jobs(config, dataset, resumed_solo, [1, 2], masks), tmp_path / "a")]
 
     solo_first = copy.deepcopy(base)
     for job in _checkpointed(make_jobs(config, dataset, solo_first, [1, 2], masks), tmp_path / "b"):
-        job.hooks = (_interrupt_at(60),)
-        with pytest.raises(_Interrupt):
+        job.hooks = (interrupt_at(60),)
+        with pytest.raises(Interrupt):
             train(job)
     resumed_packed = copy.deepcopy(base)
     results_packed = train_packed(_checkpointed(make_jobs(config, dataset, resumed_packed, [1, 2], masks), tmp_path / "b"))
