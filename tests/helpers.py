@@ -36,3 +36,15 @@ def run_dir_of(config: Config):
     from lottery.run.layout import RunLayout
 
     return RunLayout.of(config).run_dir
+
+
+class Interrupt(Exception):
+    """Raised by interrupt_at's hook: a training run stopped mid-way, as a kill would stop it."""
+
+
+def interrupt_at(step_to_fail: int):
+    """A training hook that raises Interrupt once the run reaches `step_to_fail`."""
+    def hook(step):
+        if step == step_to_fail:
+            raise Interrupt
+    return hook

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lottery.training.loop import StepPlan, TrainJob, _progress, build_optimizer, train
-from tests.helpers import tiny_config, tiny_dataset, tiny_model
+from tests.helpers import Interrupt, interrupt_at, tiny_config, tiny_dataset, tiny_model
 
 
 def _job(config, dataset, model, **kwargs):
@@ -36,17 +36,6 @@ def test_every_optimizer_with_weight_decay_reduces_loss(optimizer, extra):
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
 
 
-class _Interrupt(Exception):
-    pass
-
-
-def _interrupt_at(step_to_fail):
-    def hook(step):
-        if step == step_to_fail:
-            raise _Interrupt
-    return hook
-
-
 def test_resume_is_bit_identical(tmp_path):
     config = tiny_config(**{"train.milestones": ["30it"], "train.warmup": "5it"})
     dataset = tiny_dataset(config)
@@ -55,9 +44,9 @@ def test_resume_is_bit_identical(tmp_path):
 
     checkpoint = tmp_path / "checkpoint.pt"
     model = tiny_model(config, dataset)
-    with pytest.raises(_Interrupt):
+    with pytest.raises(Interrupt):
         train(_job(config, dataset, model, checkpoint_path=checkpoint, checkpoint_every=25,
-                   checkpoint_tag="x", hooks=(_interrupt_at(37),)))
+                   checkpoint_tag="x", hooks=(interrupt_at(37),)))
     assert checkpoint.exists()
     fresh = tiny_model(config, dataset)
     resumed = train(_job(config, dataset, fresh, checkpoint_path=checkpoint, checkpoint_every=25, checkpoint_tag="x"))
@@ -72,9 +61,9 @@ def test_checkpoint_with_another_tag_is_ignored(tmp_path):
     dataset = tiny_dataset(config)
     checkpoint = tmp_path / "checkpoint.pt"
     model = tiny_model(config, dataset)
-    with pytest.raises(_Interrupt):
+    with pytest.raises(Interrupt):
         train(_job(config, dataset, model, checkpoint_path=checkpoint, checkpoint_every=10,
-                   checkpoint_tag="level_00", hooks=(_interrupt_at(15),)))
+                   checkpoint_tag="level_00", hooks=(interrupt_at(15),)))
     result = train(_job(config, dataset, tiny_model(config, dataset), checkpoint_path=checkpoint,
                         checkpoint_every=0, checkpoint_tag="level_01"))
     assert [row["step"] for row in result.history] == [20, 40, 60]

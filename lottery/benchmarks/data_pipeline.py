@@ -54,7 +54,7 @@ class PilImages(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
 
 
-def torchvision_loader(dataset: Dataset, num_workers: int) -> torch.utils.data.DataLoader:
+def torchvision_loader(dataset: Dataset, num_workers: int, batch_size: int = BATCH_SIZE) -> torch.utils.data.DataLoader:
     from torchvision import transforms
 
     images, labels = dataset.raw("train", slice(None))
@@ -65,7 +65,7 @@ def torchvision_loader(dataset: Dataset, num_workers: int) -> torch.utils.data.D
         transforms.Normalize(CIFAR.mean, CIFAR.std),
     ])
     pil = PilImages(images.permute(0, 2, 3, 1).contiguous().numpy(), labels.numpy(), transform)
-    return torch.utils.data.DataLoader(pil, batch_size=BATCH_SIZE, shuffle=True, num_workers=num_workers,
+    return torch.utils.data.DataLoader(pil, batch_size=batch_size, shuffle=True, num_workers=num_workers,
                                        persistent_workers=num_workers > 0,
                                        generator=torch.Generator().manual_seed(SEED))
 

@@ -36,6 +36,8 @@ BENCHMARKS = {
     "tracking": "lottery.benchmarks.tracking_overhead",
     "mask_storage": "lottery.benchmarks.mask_storage",
     "sparse_export": "lottery.benchmarks.sparse_export",
+    "packing": "lottery.benchmarks.packing",
+    "gpu": "lottery.benchmarks.gpu",
     "critical": "lottery.benchmarks.critical",  # a measurement, not a speed: no goal
 }
 ENVIRONMENT_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS")

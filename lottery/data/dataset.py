@@ -166,3 +166,23 @@ class TrainBatches:
 
     def _load(self, step: int, indices: torch.Tensor) -> Batch:
         return self.dataset.raw("train", indices)
+
+    @staticmethod
+    def joined(batches: list["TrainBatches"], step: int) -> Batch:
+        """[b.batch(step) for b in batches] joined along the batch dimension (packed training's K data orders).
+
+        When they all read one in-memory dataset in one process, the examples come from one gather and one
+        normalisation; both are elementwise, so every part equals its separate batch exactly.
+        """
+        first = batches[0]
+        if any(type(b) is not TrainBatches or b.dataset is not first.dataset or b.world_size != 1 for b in batches):
+            parts = [b.batch(step) for b in batches]
+            return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+        indices = [b.global_indices(step) for b in batches]
+        x, y = first.dataset.raw("train", torch.cat(indices))
+        if first.dataset.augment:
+            draws = [draw_pad_crop_flip(len(part), cpu_generator("augment", b.seed, step))
+                     for b, part in zip(batches, indices)]
+            x = pad_crop_flip(x, torch.cat([offsets for offsets, _ in draws]), torch.cat([flips for _, flips in draws]))
+        return first.dataset.normalize(x), y
+

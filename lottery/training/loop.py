@@ -66,7 +66,7 @@ class TrainResult:
         }
 
 
-def _autocast(fast: FastPath):
+def autocast_for(fast: FastPath):
     if fast.amp_dtype is None:
         return torch.autocast(fast.device.type, enabled=False)
     return torch.autocast(fast.device.type, dtype=fast.amp_dtype)
@@ -83,7 +83,7 @@ def evaluate(model: nn.Module, batches: Iterable, fast: FastPath) -> tuple[float
     for inputs, labels in batches:
         if fast.channels_last and inputs.dim() == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with _autocast(fast):
+        with autocast_for(fast):
             logits = model(inputs)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double()
         correct += (logits.argmax(dim=1) == labels).sum()
@@ -158,7 +158,7 @@ def _train(job: TrainJob, fast: FastPath) -> TrainResult:
 
     result, step = TrainResult(), job.start_step
     pending_loss = (0.0, 0)  # train-loss sum and count since the last eval, kept across resume
-    state = _read_checkpoint(job, fast)
+    state = read_checkpoint(job, fast)
     if state is not None:
         if state.get("tag") == job.checkpoint_tag:
             job.model.load_state_dict(state["model"])
@@ -186,7 +186,7 @@ def _train(job: TrainJob, fast: FastPath) -> TrainResult:
         inputs, labels = batches.batch(step)
         if fast.channels_last and inputs.dim() == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with _autocast(fast):
+        with autocast_for(fast):
             loss = F.cross_entropy(net(inputs), labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(_global_mean_weight(loss, labels, batches, step, job.world_size)).backward()
@@ -206,7 +206,7 @@ def _train(job: TrainJob, fast: FastPath) -> TrainResult:
             hook(step)
         bar.update(1)
         if step % plan.eval_every == 0 or step == job.end_step:
-            record = _evaluate_all(net, job, fast, step, lr, loss_sum.item() / max(loss_steps, 1))
+            record = evaluate_all(net, job, fast, step, lr, loss_sum.item() / max(loss_steps, 1))
             loss_sum.zero_()
             loss_steps = 0
             result.history.append(record)
@@ -220,7 +220,7 @@ def _train(job: TrainJob, fast: FastPath) -> TrainResult:
     bar.close()
     if not result.history or result.history[-1]["step"] != step:
         # A zero-length segment (T = k) is still evaluated, so every stage reports accuracy.
-        result.history.append(_evaluate_all(net, job, fast, step, schedule(step), math.nan))
+        result.history.append(evaluate_all(net, job, fast, step, schedule(step), math.nan))
     result.final_step = step
     result.wall_seconds = time.perf_counter() - started
     return result
@@ -234,7 +234,7 @@ def _global_mean_weight(loss, labels, batches, step: int, world_size: int):
     return loss * (labels.numel() * world_size / len(batches.global_indices(step)))
 
 
-def _evaluate_all(net, job: TrainJob, fast: FastPath, step: int, lr: float, train_loss: float) -> dict:
+def evaluate_all(net, job: TrainJob, fast: FastPath, step: int, lr: float, train_loss: float) -> dict:
     batch_size = job.train_cfg.eval_batch_size
     test_loss, test_acc = evaluate(net, job.dataset.eval_batches("test", batch_size), fast)
     record = {"step": step, "lr": lr, "train_loss": train_loss, "test_loss": test_loss, "test_acc": test_acc}
@@ -243,7 +243,7 @@ def _evaluate_all(net, job: TrainJob, fast: FastPath, step: int, lr: float, trai
     return record
 
 
-def _read_checkpoint(job: TrainJob, fast: FastPath) -> Optional[dict]:
+def read_checkpoint(job: TrainJob, fast: FastPath) -> Optional[dict]:
     """The segment's checkpoint, or None. A damaged one is a cache: warn, delete it and start the segment over."""
     if job.checkpoint_path is None or not Path(job.checkpoint_path).exists():
         return None
@@ -257,15 +257,23 @@ def _read_checkpoint(job: TrainJob, fast: FastPath) -> Optional[dict]:
 
 def _save_checkpoint(job: TrainJob, optimizer, scaler, step: int, result: TrainResult, wall: float,
                      pending_loss: tuple[float, int]) -> None:
-    atomic_torch_save(job.checkpoint_path, {
+    atomic_torch_save(job.checkpoint_path, checkpoint_payload(
+        job, job.model.state_dict(), optimizer.state_dict(), scaler.state_dict(), step, result, wall, pending_loss,
+    ), durable=False)
+
+
+def checkpoint_payload(job: TrainJob, model_state: dict, optimizer_state: dict, scaler_state: dict, step: int,
+                       result: TrainResult, wall: float, pending_loss: tuple[float, int]) -> dict:
+    """What a segment's checkpoint holds; packed training writes the same, so either loop resumes the other's."""
+    return {
         "tag": job.checkpoint_tag,
-        "model": job.model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
+        "model": model_state,
+        "optimizer": optimizer_state,
+        "scaler": scaler_state,
         "rng": rng_state(),
         "history": result.history,
         "step": step,
         "wall_seconds": wall,
         "pending_loss": pending_loss,
         **({"mask_updater": job.mask_updater.state_dict()} if job.mask_updater is not None else {}),
-    }, durable=False)
+    }
