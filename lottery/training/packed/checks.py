@@ -48,6 +48,8 @@ def check_packable(jobs: Sequence[TrainJob]) -> None:
             checkpoints.add(str(job.checkpoint_path))
         if job.world_size != 1 or job.rank != 0:
             raise PackError(f"{who} is rank {job.rank} of {job.world_size}: packs train in one process")
+        if job.mask_updater is not None:
+            raise PackError(f"{who} changes its mask while it trains (dynamic sparse training): it trains alone")
         if index == 0:
             continue
         if type(job.model) is not type(first.model):
