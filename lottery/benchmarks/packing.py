@@ -137,5 +137,40 @@ def measure(case: PackingCase) -> BenchEntry:
     return BenchEntry(case.name, speedup, "x sequential", case.goal, details)
 
 
+EXPERIMENT_GOAL = Goal(">=", 2.0)
+
+
+def experiment_speedup(pairs: int) -> BenchEntry:
+    """The whole digits experiment (IMP + 5 baselines x 5 densities, 2 seeds: 62 stages) end to end, as
+    `lottery ticket` runs it, with run.pack=auto against run.pack=0 on one worker, in fresh run folders,
+    alternating which goes first; value = median over pairs of unpacked time / packed time."""
+    import contextlib
+    import io
+    import statistics
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from lottery.orchestrate.experiment import run_experiment
+
+    times: dict[str, list[float]] = {"0": [], "auto": []}
+    with tempfile.TemporaryDirectory(prefix="lottery-bench-packing-") as folder:
+        for pair in range(pairs):
+            for pack in (("0", "auto") if pair % 2 == 0 else ("auto", "0")):
+                config = load_config("digits", ["track.enabled=false", "train.device=cpu", f"run.pack={pack}",
+                                                f"run.root={Path(folder) / f'{pair}_{pack}'}"])
+                started = time.perf_counter()
+                with contextlib.redirect_stdout(io.StringIO()):
+                    outcome = run_experiment(config, "lottery bench")
+                times[pack].append(time.perf_counter() - started)
+                if outcome.failed:
+                    raise RuntimeError(f"packing bench: stages failed: {outcome.failed}")
+    ratios = [unpacked / packed for unpacked, packed in zip(times["0"], times["auto"])]
+    return BenchEntry("packing.digits_experiment", statistics.median(ratios), "x unpacked, end to end",
+                      EXPERIMENT_GOAL, {"pairs": pairs, "ratios": ratios, "unpacked_seconds": times["0"],
+                                        "packed_seconds": times["auto"], "stages": len(outcome.graph.nodes),
+                                        "load_average": load_average()})
+
+
 def run(quick: bool = False) -> list[BenchEntry]:
-    return [measure(case) for case in cases(quick)]
+    return [measure(case) for case in cases(quick)] + [experiment_speedup(1 if quick else 3)]

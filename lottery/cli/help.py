@@ -90,6 +90,8 @@ KEY_HELP = {
     "run.workers": "local worker processes on a CPU machine (the CPU threads are split between them)",
     "run.jobs_per_device": "stages sharing one GPU (local executor with GPUs, or Ray: num_gpus = 1 / this)",
     "run.ray_address": "the Ray cluster to submit to; null = $RAY_ADDRESS, else a local Ray instance",
+    "run.pack": "train up to this many ready stages of one architecture and schedule in one packed step on one "
+                "device (0 = off; auto = as many as fit in free memory, per job)",
 }
 STEPS = "steps: 160ep, 500it, 2ep100it or a bare number of iterations"
 

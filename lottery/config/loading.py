@@ -68,6 +68,8 @@ def _coerce(value: Any, kind, key: str, source: str | None):
     if kind is str and isinstance(value, int) and not isinstance(value, bool) and (
             key.endswith(STEP_KEYS) or "milestones" in key):
         return f"{value}it"  # a bare number of steps means iterations
+    if kind is str and isinstance(value, int) and not isinstance(value, bool) and key == "run.pack":
+        return str(value)
     if isinstance(value, bool) and kind is str and "off" in CHOICES.get(key, ()):
         return "on" if value else "off"  # YAML reads on/off as booleans
     if isinstance(value, bool) and kind is not bool:

@@ -132,6 +132,7 @@ class RunConfig:
     workers: int = 1  # local executor on CPU: worker processes (CPU threads are split between them)
     jobs_per_device: int = 1  # local executor with GPUs, or Ray: stages sharing one GPU
     ray_address: Optional[str] = None  # a running Ray cluster (else $RAY_ADDRESS, else a local instance)
+    pack: str = "0"  # train this many ready stages of one architecture together (0 = off; auto = what fits)
 
 
 @dataclass

@@ -105,6 +105,8 @@ def validate(config: Config, source: str | None = None) -> None:
     for name, rate in config.prune.layer_rates.items():
         if not 0.0 <= rate < 1.0:
             fail(f"prune.layer_rates.{name}", f"must be in [0, 1), got {rate}")
+    if config.run.pack != "auto" and not (config.run.pack.isdigit()):
+        fail("run.pack", f"must be 0 (off), a number of stages, or auto, got {config.run.pack!r}")
     for seed in config.experiment.seeds:
         if not 0 <= seed <= MAX_SEED:
             fail("experiment.seeds", f"seeds must be in [0, {MAX_SEED}], got {seed}")

@@ -86,8 +86,15 @@ def parse_seeds(text: str) -> list[int]:
 
 def plan(config: Config) -> Graph:
     """The experiment's graph, after every check; writes nothing."""
+    return _plan(config)[0]
+
+
+def _plan(config: Config):
+    from lottery.orchestrate.worker import remember_dataset
+
     dataset = check_experiment(config)
-    return experiment_graph(config, make_model(config, dataset))
+    remember_dataset(config, dataset)  # the seeds' run contexts reuse it
+    return experiment_graph(config, make_model(config, dataset)), dataset
 
 
 def run_experiment(config: Config, command: str = "lottery ticket", dry_run: bool = False,
@@ -96,7 +103,7 @@ def run_experiment(config: Config, command: str = "lottery ticket", dry_run: boo
     from lottery.tracking.client import make_tracker
 
     stream = stream or sys.stdout
-    graph = plan(config)
+    graph, _ = _plan(config)
     layout = RunLayout.of(config)
     outcome = ExperimentOutcome(layout.experiment_dir, graph)
     if dry_run:
@@ -148,16 +155,34 @@ def _execute(config: Config, graph: Graph, contexts: dict[int, RunContext], comm
     def task_of(node: Node) -> Task:
         return Task(tree, node.seed, node.stage, command, passive=not in_process)
 
+    packs, size = _packing(config, graph, contexts)
     progress = Progress(len(graph.nodes), len(slots), stream)
     print(f"experiment {config.exp} {config_hash(config)}: {len(graph.nodes)} stages over {len(contexts)} seed(s), "
-          f"{config.run.executor} executor, {len(slots)} worker(s)", file=stream)
+          f"{config.run.executor} executor, {len(slots)} worker(s)" + (f", packs of up to {size}" if size > 1 else ""),
+          file=stream)
     with quiet_console():
         try:
             if config.run.executor == "ray":
                 return run_ray(graph, task_of, config, progress)
-            return run_local(graph, task_of, slots, progress, owner if in_process else None)
+            return run_local(graph, task_of, slots, progress, owner if in_process else None, packs)
         finally:
             progress.close()
+
+
+def _packing(config: Config, graph: Graph, contexts: dict[int, RunContext]):
+    """(ready nodes -> the nodes to train together, the pack size) for run.pack."""
+    from lottery.orchestrate.packing import pack_key, pack_size, take_pack
+
+    run = next(iter(contexts.values()))
+    size = pack_size(config, run.new_model(), run.dataset)
+    if size <= 1:
+        return None, 1
+    if config.run.executor == "ray":
+        logger.warning("run.pack: the Ray executor trains each stage alone (Ray places every task itself)")
+        return None, 1
+    rewind_step = run.plan.steps(config.ticket.rewind_step)
+    keys = {node: pack_key(node, config, rewind_step) for node in graph.nodes}
+    return (lambda ready: take_pack(ready, keys, size)), size
 
 
 def _report(layout: RunLayout, experiment_run, stream):

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 from lottery.orchestrate.graph import Graph, Node
 from lottery.orchestrate.progress import Progress
 from lottery.orchestrate.scheduler import Scheduler
-from lottery.orchestrate.worker import Outcome, Slot, Task, execute, ready, start_worker
+from lottery.orchestrate.worker import Outcome, Slot, Task, execute, execute_pack, ready, start_worker
 
 logger = logging.getLogger(__name__)
 
@@ -39,18 +39,31 @@ def slots_for(config, gpu_count: Optional[int] = None, cpu_count: Optional[int] 
 
 
 def run_local(graph: Graph, task_of: Callable[[Node], Task], slots: list[Slot], progress: Progress,
-              in_process: Optional[Callable[[Node], object]] = None) -> dict[Node, Outcome]:
-    """Run the graph; `in_process(node)` gives the run context to use when there is a single slot."""
+              in_process: Optional[Callable[[Node], object]] = None, packs: Optional[Callable] = None
+              ) -> dict[Node, Outcome]:
+    """Run the graph; `in_process(node)` gives the run context to use when there is a single slot; `packs(ready)`
+    picks the ready nodes that train together next (default: the first alone)."""
     scheduler = Scheduler(graph)
+    packs = packs or (lambda ready: ready[:1])
     if len(slots) == 1 and in_process is not None:
-        return _sequential(scheduler, task_of, progress, in_process)
+        return _sequential(scheduler, task_of, progress, in_process, packs)
     deaths: dict[Node, int] = {}
     while not scheduler.complete:  # a new pool after a worker died: the pool breaks with it
-        _drive_pool(scheduler, task_of, slots, progress, deaths)
+        _drive_pool(scheduler, task_of, slots, progress, deaths, packs)
     return scheduler.outcomes
 
 
-def _drive_pool(scheduler: Scheduler, task_of, slots: list[Slot], progress: Progress, deaths: dict) -> None:
+def _submit(pool, task_of, nodes: list[Node]):
+    if len(nodes) == 1:
+        return pool.submit(execute, task_of(nodes[0]))
+    return pool.submit(execute_pack, [task_of(node) for node in nodes])
+
+
+def _outcomes(value) -> list[Outcome]:
+    return value if isinstance(value, list) else [value]
+
+
+def _drive_pool(scheduler: Scheduler, task_of, slots: list[Slot], progress: Progress, deaths: dict, packs) -> None:
     """Run stages on a fresh pool until the graph is complete or a worker dies (which breaks the pool: the stages
     it and its siblings were running are queued again, up to WORKER_DEATHS times each, then failed)."""
     context = multiprocessing.get_context("spawn")
@@ -61,26 +74,29 @@ def _drive_pool(scheduler: Scheduler, task_of, slots: list[Slot], progress: Prog
                                                 initargs=(queue,)) as pool:
         for warm in [pool.submit(ready) for _ in slots]:  # start (and import in) every worker at once
             warm.result()
-        futures: dict[concurrent.futures.Future, Node] = {}
+        futures: dict[concurrent.futures.Future, list[Node]] = {}
         while not scheduler.complete:
-            for node in scheduler.ready()[:len(slots) - len(futures)]:
-                scheduler.start(node)
-                futures[pool.submit(execute, task_of(node))] = node
-                progress.running = len(futures)
+            while len(futures) < len(slots) and (candidates := scheduler.ready()):
+                nodes = packs(candidates)
+                for node in nodes:
+                    scheduler.start(node)
+                futures[_submit(pool, task_of, nodes)] = nodes
+            progress.running = sum(len(nodes) for nodes in futures.values())
             progress.update()
             if not futures:
                 time.sleep(max(scheduler.next_wakeup(), 0.05))
                 continue
             finished, _ = concurrent.futures.wait(futures, timeout=1.0, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in finished:
-                node = futures.pop(future)
+                nodes = futures.pop(future)
                 try:
-                    outcome = future.result()
+                    outcomes = _outcomes(future.result())
                 except concurrent.futures.process.BrokenProcessPool:
-                    _requeue([node, *futures.values()], scheduler, progress, deaths)
+                    _requeue([*nodes, *[n for group in futures.values() for n in group]], scheduler, progress, deaths)
                     return
-                _record(scheduler, progress, node, outcome)
-            progress.running = len(futures)
+                for node, outcome in zip(nodes, outcomes):
+                    _record(scheduler, progress, node, outcome)
+            progress.running = sum(len(nodes) for nodes in futures.values())
 
 
 def _requeue(nodes: list[Node], scheduler: Scheduler, progress: Progress, deaths: dict) -> None:
@@ -95,19 +111,24 @@ def _requeue(nodes: list[Node], scheduler: Scheduler, progress: Progress, deaths
             scheduler.running.discard(node)
 
 
-def _sequential(scheduler: Scheduler, task_of, progress: Progress, in_process) -> dict[Node, Outcome]:
+def _sequential(scheduler: Scheduler, task_of, progress: Progress, in_process, packs) -> dict[Node, Outcome]:
     while not scheduler.complete:
-        ready = scheduler.ready()
-        if not ready:
+        candidates = scheduler.ready()
+        if not candidates:
             time.sleep(max(scheduler.next_wakeup(), 0.05))
             continue
-        node = ready[0]
-        scheduler.start(node)
-        progress.running = 1
+        nodes = packs(candidates)
+        for node in nodes:
+            scheduler.start(node)
+        progress.running = len(nodes)
         progress.update()
-        outcome = execute(task_of(node), run=in_process(node))
+        if len(nodes) == 1:
+            outcomes = [execute(task_of(nodes[0]), run=in_process(nodes[0]))]
+        else:
+            outcomes = execute_pack([task_of(node) for node in nodes], [in_process(node) for node in nodes])
         progress.running = 0
-        _record(scheduler, progress, node, outcome)
+        for node, outcome in zip(nodes, outcomes):
+            _record(scheduler, progress, node, outcome)
     return scheduler.outcomes
 
 

@@ -25,13 +25,21 @@ class Scheduler:
         self.retry_at: dict[Node, float] = {}  # busy elsewhere: try again after this time
 
     def ready(self) -> list[Node]:
-        """Nodes whose needs have finished, not started yet, critical path first, then graph order."""
+        """Nodes whose needs have finished, not started yet: the critical path first (every seed's chain at the same
+        depth together, so levels of different seeds can train in one pack), then graph order."""
         now = time.monotonic()
         found = [node for node in self.graph.nodes
                  if node not in self.outcomes and node not in self.running and self.retry_at.get(node, 0) <= now
                  and all(self.outcomes.get(need) is not None and self.outcomes[need].status in FINISHED
                          for need in self.graph.needs[node])]
-        return sorted(found, key=lambda node: (node.kind not in CHAIN, self.order[node]))
+        return sorted(found, key=lambda node: (node.kind not in CHAIN, self._depth(node), self.order[node]))
+
+    @staticmethod
+    def _depth(node: Node) -> int:
+        """θ0, θk, then level L: how far along its seed's chain a stage is (0 for the rest)."""
+        if node.kind not in CHAIN:
+            return 0
+        return CHAIN.index(node.kind) + (node.stage.level if node.kind == "level" else 0)
 
     def start(self, node: Node) -> None:
         self.running.add(node)

@@ -118,10 +118,19 @@ def _config(task: Task):
     return config
 
 
+def _dataset_key(config) -> tuple:
+    return repr(config.data), config.seed if config.data.name == "synthetic" else None, config.train.device
+
+
+def remember_dataset(config, dataset) -> None:
+    """Keep a dataset this process loaded already (the preflight's) for the run contexts that need it."""
+    _DATASETS.setdefault(_dataset_key(config), dataset)
+
+
 def _dataset(config):
     from lottery.run.context import load_data
 
-    key = (repr(config.data), config.seed if config.data.name == "synthetic" else None, config.train.device)
+    key = _dataset_key(config)
     if key not in _DATASETS:
         _DATASETS[key] = load_data(config)
     return _DATASETS[key]
@@ -149,26 +158,94 @@ def execute(task: Task, run=None, wait: bool = False) -> Outcome:
     except Exception as error:  # noqa: BLE001 - reported per stage; the orchestrator goes on
         return Outcome(task.key, "failed", error=f"{type(error).__name__}: {error}")
     path = task.stage.log_file(run.layout)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, mode="a")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
     try:
-        result, ran = claim_and_run(run, task.stage, wait=wait)
+        with _stage_log(path):
+            try:
+                result, ran = claim_and_run(run, task.stage, wait=wait)
+            except StageBusy:
+                return Outcome(task.key, "busy", seconds=time.perf_counter() - started, log=str(path))
+            except Exception as error:  # noqa: BLE001 - reported per stage; the orchestrator goes on
+                logging.getLogger(__name__).error("%s failed:\n%s", task.key, traceback.format_exc())
+                return Outcome(task.key, "failed", seconds=time.perf_counter() - started, log=str(path),
+                               error=f"{type(error).__name__}: {error}")
         if task.passive:
             run.tracker.flush()  # a worker may be stopped at any time: MLflow has this stage's runs before it returns
         return Outcome(task.key, "done" if ran else "skipped", result if isinstance(result, dict) else None,
                        time.perf_counter() - started, str(path))
-    except StageBusy:
-        return Outcome(task.key, "busy", seconds=time.perf_counter() - started, log=str(path))
-    except Exception as error:  # noqa: BLE001 - reported per stage; the orchestrator goes on
-        logging.getLogger(__name__).error("%s failed:\n%s", task.key, traceback.format_exc())
-        return Outcome(task.key, "failed", seconds=time.perf_counter() - started, log=str(path),
-                       error=f"{type(error).__name__}: {error}")
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
-        handler.close()
+    except OSError as error:  # its log file cannot be written
+        return Outcome(task.key, "failed", error=f"{type(error).__name__}: {error}")
+
+
+def execute_pack(tasks: list, runs: Optional[list] = None) -> list:
+    """Run several training stages in one packed step (lottery.training.packed): claim each, begin each, train
+    them together, finish each. Stages that are done, or held by another process, drop out of the pack; if the
+    pack as a whole fails, each of its stages fails with the error."""
+    from contextlib import ExitStack
+
+    from lottery.run.stage import StageBusy, claim
+    from lottery.training.packed import train_packed
+
+    started = time.perf_counter()
+    outcomes: dict[int, Outcome] = {}
+    begun: dict[int, object] = {}
+    with ExitStack() as claims:
+        for index, task in enumerate(tasks):
+            try:
+                run = runs[index] if runs is not None else context_for(task)
+                finished = claims.enter_context(claim(run, task.stage, wait=False))
+                if finished is not None:
+                    outcomes[index] = Outcome(task.key, "skipped", finished[0])
+                else:
+                    with _stage_log(task.stage.log_file(run.layout)):
+                        begun[index] = task.stage.begin(run)
+            except StageBusy:
+                outcomes[index] = Outcome(task.key, "busy")
+            except Exception as error:  # noqa: BLE001 - one stage's failure to begin: the rest of the pack goes on
+                outcomes[index] = Outcome(task.key, "failed", error=f"{type(error).__name__}: {error}")
+        if begun:
+            order = list(begun)
+            try:
+                with _stage_log(*(begun[i].stage.log_file(begun[i].run.layout) for i in order)):
+                    logging.getLogger(__name__).info("training %d stages packed: %s", len(order),
+                                                     ", ".join(tasks[i].key for i in order))
+                    results = train_packed([begun[i].job for i in order])
+                    rows = [begun[i].stage.finish(begun[i], result) for i, result in zip(order, results)]
+            except Exception as error:  # noqa: BLE001 - the pack failed: every stage in it did
+                logging.getLogger(__name__).error("packed training failed:\n%s", traceback.format_exc())
+                for i in order:
+                    outcomes[i] = Outcome(tasks[i].key, "failed", error=f"{type(error).__name__}: {error}",
+                                          log=str(begun[i].stage.log_file(begun[i].run.layout)))
+            else:
+                seconds = time.perf_counter() - started
+                for i, row in zip(order, rows):
+                    outcomes[i] = Outcome(tasks[i].key, "done", row, seconds,
+                                          str(begun[i].stage.log_file(begun[i].run.layout)))
+                    if tasks[i].passive:
+                        begun[i].run.tracker.flush()
+    return [outcomes[index] for index in range(len(tasks))]
+
+
+class _stage_log:
+    """Log to the given stage log files (all of them: a pack's lines belong to each of its stages) for the block."""
+
+    def __init__(self, *paths):
+        self.paths = paths
+
+    def __enter__(self):
+        root = logging.getLogger()
+        self.level, self.handlers = root.level, []
+        for path in self.paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(path, mode="a")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+            root.addHandler(handler)
+            self.handlers.append(handler)
+        root.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc_info):
+        root = logging.getLogger()
+        for handler in self.handlers:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(self.level)

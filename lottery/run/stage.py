@@ -12,6 +12,7 @@ model, make its mask, set its starting weights, and which fields its row carries
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -101,8 +102,18 @@ def claim_and_run(run: RunContext, stage: Stage, wait: bool = True) -> tuple[obj
     With wait=False, StageBusy is raised at once when another process holds the stage's lock, so a scheduler
     can run something else meanwhile; the lock is the claim, so no two processes ever run one stage.
     """
+    with claim(run, stage, wait) as finished:
+        if finished is not None:
+            return finished[0], False
+        return stage.execute(run), True
+
+
+@contextmanager
+def claim(run: RunContext, stage: Stage, wait: bool = True):
+    """Hold the stage's lock for the block; yields (result,) when the stage is already done, else None."""
     if _finished(run, stage):
-        return _result(run, stage), False
+        yield (_result(run, stage),)
+        return
     lock = FileLock(stage.lock_path(run.layout), wait=wait, what=f"stage {stage.name} of {run.run_dir}")
     claimed = lock.acquire() if run.is_main else True
     if not distributed.broadcast_object(claimed):
@@ -110,8 +121,9 @@ def claim_and_run(run: RunContext, stage: Stage, wait: bool = True) -> tuple[obj
     try:
         if _finished(run, stage):
             logger.info("%s: finished by another process", stage.name)
-            return _result(run, stage), False
-        return stage.execute(run), True
+            yield (_result(run, stage),)
+        else:
+            yield None
     finally:
         lock.release()
 
@@ -212,6 +224,13 @@ class TrainingStage(Stage):
 
     # -- the one sequence ---------------------------------------------------------------------
     def execute(self, run: RunContext) -> dict:
+        begun = self.begin(run)
+        return self.finish(begun, train(begun.job))
+
+    def begin(self, run: RunContext) -> "Begun":
+        """Everything before training: the network, the mask (made on rank 0, saved, broadcast), the starting
+        weights, the tracking run and the training job. Packed training begins several stages, trains their jobs
+        together, then finishes each."""
         directory = run.layout.directory(self.ref)
         model = self.build(run)
         mask = None
@@ -230,52 +249,60 @@ class TrainingStage(Stage):
         start_step = self.prepare(run, model, mask)
         self.log_start(mask, start_step, run.plan.total)
         handle = run.tracker.child(self.ref.key, self.ref.run_name, self.params(mask))
-        row = train_stage(run, self, model, mask, start_step, handle)
+
+        def on_eval(step: int, record: dict) -> None:
+            handle.log_metrics({k: v for k, v in record.items() if k != "step" and v is not None}, step=step)
+
+        config, files = run.config, RunLayout.stage_files(directory)
+        updater = self.mask_updater(run, model, mask, handle)
+        job = TrainJob(
+            model=model, dataset=run.dataset, train_cfg=config.train, seed=config.seed,
+            start_step=start_step, end_step=run.plan.total, mask=mask,
+            checkpoint_path=files["checkpoint.pt"], checkpoint_every=run.plan.steps(config.ticket.checkpoint_every),
+            checkpoint_tag=self.ref.relative, on_eval=on_eval, desc=self.ref.relative, rank=run.rank,
+            world_size=run.world_size, mask_updater=updater,
+        )
+        return Begun(self, run, model, mask, handle, job)
+
+    def finish(self, begun: "Begun", result) -> dict:
+        """After training: final.pt, metrics.json (flushed to disk), then DONE and the results row."""
+        run, model, mask, handle, updater = begun.run, begun.model, begun.mask, begun.handle, begun.job.mask_updater
+        files = RunLayout.stage_files(run.layout.directory(self.ref))
+        distributed.check_replicas_agree(model, mask)
+        density = mask.density()
+        row = {
+            "stage": self.ref.key, "kind": self.ref.kind,
+            "density": density,
+            "compression": compression_of(density),
+            "layers": {name: info["density"] for name, info in mask.layer_report().items()},
+            "collapsed": mask.collapsed(),
+            **self.row_fields(run, model, mask),  # e.g. a structured method's own density
+            **{k: v for k, v in result.summary().items() if k != "final_step"},
+        }
+        if run.is_main:
+            atomic_torch_save(files["final.pt"], {k: v.cpu() for k, v in model.state_dict().items()}, durable=False)
+            record, written = {"row": row, "history": result.history}, [files["mask.pt"], files["final.pt"]]
+            if updater is not None:  # mask.pt stays the mask training started from; a restart needs it
+                record["mask_updates"] = updater.history
+                mask.save(files["final_mask.pt"])
+                written.append(files["final_mask.pt"])
+            write_json(files["metrics.json"], record, durable=False)
+            fsync_paths([*written, files["metrics.json"]])  # DONE only after they are on disk
+            files[DONE].touch()
+            files["checkpoint.pt"].unlink(missing_ok=True)
+            record_row(run.layout, row)
+        handle.log_metrics(summary_metrics(row))
         handle.finish()
         return row
 
 
-def train_stage(run: RunContext, stage: TrainingStage, model: nn.Module, mask: Mask, start_step: int,
-                handle) -> dict:
-    """Train [start_step, T) with `mask`, write final.pt, metrics.json and DONE, record and return the row."""
-    config, ref = run.config, stage.ref
-    directory = run.layout.directory(ref)
-    files = RunLayout.stage_files(directory)
+@dataclass
+class Begun:
+    """A training stage between begin and finish."""
 
-    def on_eval(step: int, record: dict) -> None:
-        handle.log_metrics({k: v for k, v in record.items() if k != "step" and v is not None}, step=step)
-
-    updater = stage.mask_updater(run, model, mask, handle)
-    job = TrainJob(
-        model=model, dataset=run.dataset, train_cfg=config.train, seed=config.seed,
-        start_step=start_step, end_step=run.plan.total, mask=mask,
-        checkpoint_path=files["checkpoint.pt"], checkpoint_every=run.plan.steps(config.ticket.checkpoint_every),
-        checkpoint_tag=ref.relative, on_eval=on_eval, desc=ref.relative, rank=run.rank, world_size=run.world_size,
-        mask_updater=updater,
-    )
-    result = train(job)
-    distributed.check_replicas_agree(model, mask)
-    density = mask.density()
-    row = {
-        "stage": ref.key, "kind": ref.kind,
-        "density": density,
-        "compression": compression_of(density),
-        "layers": {name: info["density"] for name, info in mask.layer_report().items()},
-        "collapsed": mask.collapsed(),
-        **stage.row_fields(run, model, mask),  # e.g. a structured method's own density
-        **{k: v for k, v in result.summary().items() if k != "final_step"},
-    }
-    if run.is_main:
-        atomic_torch_save(files["final.pt"], {k: v.cpu() for k, v in model.state_dict().items()}, durable=False)
-        record, written = {"row": row, "history": result.history}, [files["mask.pt"], files["final.pt"]]
-        if updater is not None:  # mask.pt stays the mask training started from; a restart needs it
-            record["mask_updates"] = updater.history
-            mask.save(files["final_mask.pt"])
-            written.append(files["final_mask.pt"])
-        write_json(files["metrics.json"], record, durable=False)
-        fsync_paths([*written, files["metrics.json"]])  # DONE only after they are on disk
-        files[DONE].touch()
-        files["checkpoint.pt"].unlink(missing_ok=True)
-        record_row(run.layout, row)
-    handle.log_metrics(summary_metrics(row))
-    return row
+    stage: TrainingStage
+    run: RunContext
+    model: nn.Module
+    mask: Mask
+    handle: object
+    job: TrainJob
