@@ -207,3 +207,23 @@ def test_two_launches_at_once_finish_together_and_train_each_stage_once(referenc
 
 def test_nodes_are_keyed_by_seed_and_stage():
     assert Node(3, LevelStage(2)).key == "seed_3/level_02"
+
+
+def test_experiment_evaluate_adds_a_robustness_stage_after_every_trained_stage(tmp_path):
+    config = digits(tmp_path, "experiment.seeds=[0]", "experiment.branches={}", "experiment.evaluate.corruptions=[noise]",
+                    "experiment.evaluate.severities=[2]")
+    graph = plan(config)
+    evaluations = [node for node in graph.nodes if node.kind == "evaluate"]
+    assert len(evaluations) == 7  # 3 levels and 4 baselines
+    for node in evaluations:
+        assert [need.stage for need in graph.needs[node]] == [node.stage.target]
+    outcome = run_experiment(config, "test")
+    layout = RunLayout.of(config)
+    assert all((directory / "robustness.json").is_file() for _, directory in layout.stage_dirs())
+    summary = read_json(layout.run_dir / "robustness" / "robustness.json")
+    assert summary["corruptions"] == ["noise"] and summary["severities"] == [2]
+    assert set(summary["prune_potential"]) == {"ticket", "magnitude", "snip"}
+    assert set(summary["prune_potential"]["ticket"]) >= {"clean", "noise"}
+    again = run_experiment(config, "test")
+    assert {o.status for node, o in again.outcomes.items() if node.kind == "evaluate"} == {"skipped"}
+    assert outcome.outcomes.keys() == again.outcomes.keys()

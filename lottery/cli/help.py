@@ -84,6 +84,12 @@ KEY_HELP = {
     "experiment.baselines.methods": "baselines run beside the ticket, at its level densities",
     "experiment.baselines.at": "baselines prune and start from θ0 (init) or θk (rewind)",
     "experiment.baselines.densities": "baseline densities; empty = the ticket's level densities, exactly",
+    "experiment.evaluate.corruptions": "after training, evaluate every stage on these corrupted test sets "
+                                       "(noise, blur, contrast, brightness, jpeg); empty = no robustness evaluation",
+    "experiment.evaluate.severities": "corruption severities (1..5, as CIFAR-10-C)",
+    "experiment.evaluate.seed": "seed of the corrupted images (the same for every stage and seed)",
+    "experiment.evaluate.margin": "prune potential: accuracy below the unpruned network still counted (0.005 = "
+                                  "0.5 points)",
     "experiment.branches": "control branches and the ticket levels they branch from, e.g. {reinit: [3, 7]}",
     "run.root": "where run directories go",
     "run.executor": "where `lottery ticket` runs its stages: local worker processes, or a Ray cluster",

@@ -117,12 +117,21 @@ class BaselinesPlan:
 
 
 @dataclass
+class EvaluatePlan:
+    corruptions: list[str] = field(default_factory=list)  # empty: no robustness evaluation
+    severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    seed: int = 0  # of the corrupted images
+    margin: float = 0.005  # the prune potential's margin in accuracy (0.5 points)
+
+
+@dataclass
 class ExperimentConfig:
     """What `lottery ticket` runs besides the ticket itself: the seeds, the baselines and the control branches."""
 
     seeds: list[int] = field(default_factory=list)  # empty: the one `seed`
     baselines: BaselinesPlan = field(default_factory=BaselinesPlan)
     branches: dict[str, list[int]] = field(default_factory=dict)  # branch name -> ticket levels
+    evaluate: EvaluatePlan = field(default_factory=EvaluatePlan)  # every trained stage on corrupted test sets
 
 
 @dataclass

@@ -132,6 +132,10 @@ def run_experiment(config: Config, command: str = "lottery ticket", dry_run: boo
     finally:
         for seed, run in contexts.items():
             finished = all(o.status in ("done", "skipped") for n, o in outcome.outcomes.items() if n.seed == seed)
+            if finished and outcome.outcomes and config.experiment.evaluate.corruptions and rank == 0:
+                from lottery.workflows.evaluate import summarize_evaluations
+
+                summarize_evaluations(run)  # <run_dir>/robustness/: per series and density, prune potential
             close_run(run, "FINISHED" if finished and outcome.outcomes else "FAILED")
     if rank == 0:
         outcome.report = _report(layout, experiment_run, stream)

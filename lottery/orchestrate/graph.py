@@ -3,7 +3,7 @@ branch, each depending only on what it reads.
 
 Baselines wait for nothing but θ0 (or θk): their densities are the ticket's level densities, known exactly
 before any level trains (lottery.workflows.baselines.ticket_densities). Branches wait for their level's mask.
-Seeds are independent graphs.
+With experiment.evaluate, each trained stage is followed by its robustness evaluation. Seeds are independent.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from lottery.config import Config
 from lottery.run.stage import Stage
 from lottery.workflows.baselines import baseline_stage, ticket_densities
 from lottery.workflows.branches import BranchStage
+from lottery.workflows.evaluate import evaluation_stages
 from lottery.workflows.ticket import ticket_stages
 
 
@@ -71,7 +72,7 @@ def seed_stages(config: Config, model) -> list[Stage]:
     stages += [baseline_stage(config, method, density, plan.baselines.at)
                for method in plan.baselines.methods for density in densities]
     stages += [BranchStage(name, level) for name, levels in plan.branches.items() for level in levels]
-    return stages
+    return stages + evaluation_stages(config, stages)
 
 
 def experiment_graph(config: Config, model) -> Graph:

@@ -30,7 +30,7 @@ from lottery.report.robustness import robustness_table, summarize
 from lottery.run.context import RunContext, load_data, read_config, step_plan
 from lottery.run.files import read_json, torch_load, write_json
 from lottery.run.layout import BASELINE, RunLayout, StageRef
-from lottery.run.stage import finished_row
+from lottery.run.stage import Stage, TrainingStage, finished_row
 from lottery.training.device import prepare_model, resolve_fast_path
 from lottery.training.loop import evaluate
 
@@ -242,3 +242,72 @@ def run_evaluation(run_dir, spec: RobustnessSpec = RobustnessSpec(), command: st
                 skipped.append(ref.key)
         summary = write_summary(run, results, spec)
     return Evaluation(summary, robustness_table(summary), summary_files(run_dir), skipped)
+
+
+_SETS: dict = {}  # (dataset, seed) -> CorruptedTestSets, shared by the evaluation stages of one process
+
+
+@dataclass(frozen=True)
+class EvaluateStage(Stage):
+    """One trained stage on the corrupted test sets, after it trained (an experiment's `experiment.evaluate`)."""
+
+    target: Stage
+    corruptions: tuple[str, ...] = CORRUPTIONS
+    severities: tuple[int, ...] = SEVERITIES
+    seed: int = 0
+
+    @property
+    def spec(self) -> RobustnessSpec:
+        return RobustnessSpec(self.corruptions, self.severities, self.seed)
+
+    @property
+    def name(self) -> str:
+        return f"evaluate/{self.target.name}"
+
+    @property
+    def kind(self) -> str:
+        return "evaluate"
+
+    def needs(self, config) -> tuple[Stage, ...]:
+        return (self.target,)
+
+    def lock_path(self, layout: RunLayout) -> Path:
+        return layout.directory(self.target.ref) / ".evaluate.lock"
+
+    def log_file(self, layout: RunLayout) -> Path:
+        return layout.directory(self.target.ref) / "evaluate.log"
+
+    def done(self, layout: RunLayout) -> bool:
+        result = _stored(layout.directory(self.target.ref) / RESULT_FILE, self.target.ref, self.spec)
+        return result is not None and all(str(severity) in result["corruptions"].get(name, {})
+                                          for name in self.corruptions for severity in self.severities)
+
+    def check_record(self, layout: RunLayout) -> bool:
+        return self.done(layout)
+
+    def execute(self, run: RunContext) -> None:
+        key = (id(run.dataset), self.seed)
+        if key not in _SETS:
+            _SETS[key] = CorruptedTestSets(run.dataset, self.seed)
+        try:
+            evaluate_stage(run, self.target.ref, self.spec, _SETS[key])
+        except StageSkipped as error:
+            logger.warning("not evaluated: %s", error)
+
+
+def evaluation_stages(config, stages) -> list[EvaluateStage]:
+    """An evaluation stage after every trained stage, when experiment.evaluate names corruptions."""
+    plan = config.experiment.evaluate
+    if not plan.corruptions:
+        return []
+    return [EvaluateStage(stage, tuple(plan.corruptions), tuple(plan.severities), plan.seed)
+            for stage in stages if isinstance(stage, TrainingStage)]
+
+
+def summarize_evaluations(run: RunContext) -> Optional[dict]:
+    """<run_dir>/robustness/ from the stages' robustness.json files, after an experiment's evaluation stages."""
+    plan = run.config.experiment.evaluate
+    spec = RobustnessSpec(tuple(plan.corruptions), tuple(plan.severities), plan.seed, plan.margin)
+    results = [result for ref, directory in run.layout.stage_dirs()
+               if (result := _stored(directory / RESULT_FILE, ref, spec)) is not None]
+    return write_summary(run, results, spec) if results else None
