@@ -16,7 +16,7 @@ ifneq ($(GPUS),1)
 LOTTERY := $(BIN)/torchrun --standalone --nproc-per-node=$(GPUS) -m lottery
 endif
 
-.PHONY: install train ticket baselines search ui report bench test clean reproduce-lth reproduce-snip
+.PHONY: install train ticket plan baselines search ui report bench test clean reproduce-lth reproduce-snip reproduce-dst
 
 install: $(STAMP)
 
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install -e '.[dev,ray]'
 	touch $(STAMP)
 
 train: $(STAMP)
@@ -32,6 +32,9 @@ train: $(STAMP)
 
 ticket: $(STAMP)
 	$(LOTTERY) ticket --exp $(EXP) $(ARGS)
+
+plan: $(STAMP)
+	$(BIN)/lottery plan --exp $(EXP) $(ARGS)
 
 baselines: $(STAMP)
 	$(LOTTERY) baselines --exp $(EXP) $(ARGS)
@@ -58,6 +61,9 @@ reproduce-lth: $(STAMP)
 
 reproduce-snip: $(STAMP)
 	$(BIN)/lottery reproduce snip $(ARGS)
+
+reproduce-dst: $(STAMP)
+	$(BIN)/lottery reproduce dst $(ARGS)
 
 clean:
 	rm -rf runs mlflow.db mlruns mlartifacts optuna.db .pytest_cache build *.egg-info

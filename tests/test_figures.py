@@ -5,7 +5,7 @@ from lottery.report.figures import (accuracy_vs_density_figure, accuracy_vs_step
                                     layer_density_figure)
 from lottery.report.run_report import Series, StageRecord
 from lottery.workflows.instability import barrier_figure, curves_figure
-from lottery.workflows.reproduce import lth_figure_objects
+from lottery.orchestrate.reproduce import lth_figure_objects
 
 LTH_DENSITIES = [0.8 ** level for level in range(19)]  # 18 levels of 20%: neighbours 20% apart down to 1.8%
 

@@ -1,5 +1,6 @@
+import pytest
 
-from lottery.workflows.reproduce import _lth_markdown, lth_figures, lth_summary
+from lottery.orchestrate.reproduce import lth_markdown, lth_figures, lth_summary
 
 
 def _row(level, density, acc, step=1000):
@@ -36,6 +37,28 @@ def test_lth_outputs(tmp_path):
     paths = lth_figures(TICKET, REINIT, tmp_path)
     assert [p.name for p in paths] == ["lth_accuracy.png", "lth_early_stop.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
-    text = _lth_markdown(lth_summary(TICKET, REINIT), TICKET, REINIT)
+    text = lth_markdown(lth_summary(TICKET, REINIT), TICKET, REINIT)
     assert "| 2 | 51.00 | 0.9810 | 1000 | 0.9740 |" in " ".join(text.split())
     assert "dense accuracy: 0.9750" in text
+
+
+def test_series_means_aggregate_each_level_over_the_seeds():
+    from lottery.orchestrate.reproduce import series_means
+
+    def row(stage, level, density, acc, step):
+        kind = "branch" if stage.startswith("branch") else "level"
+        return {"stage": stage, "kind": kind, "level": level, "density": density, "final_test_acc": acc + 0.001,
+                "early_stop_test_acc": acc, "early_stop_step": step}
+
+    rows = {seed: [row("level_00", 0, 1.0, 0.97 + 0.01 * seed, 1000 * (seed + 1)),
+                   row("level_01", 1, 0.8, 0.98, 2000), row("branch/reinit/level_01", 1, 0.8, 0.96 - 0.01 * seed, 500)]
+            for seed in range(3)}
+    ticket = series_means(rows, "ticket")
+    assert [r["level"] for r in ticket] == [0, 1]
+    assert ticket[0]["early_stop_test_acc"] == pytest.approx(0.98) and ticket[0]["n"] == 3
+    assert ticket[0]["std"] == pytest.approx(0.01) and ticket[0]["early_stop_step"] == pytest.approx(2000)
+    reinit = series_means(rows, "branch reinit")
+    assert [r["level"] for r in reinit] == [1] and reinit[0]["early_stop_test_acc"] == pytest.approx(0.95)
+    summary = lth_summary(ticket, reinit)
+    assert summary["reinit_worse"] and summary["reinit"][0]["ticket"] == pytest.approx(0.98)
+    assert "0.9800 ± 0.0100 (3)" in lth_markdown(summary, ticket, reinit)

@@ -189,9 +189,9 @@ def bench(args, argv) -> int:
 
 
 def reproduce(args, argv) -> int:
-    from lottery.workflows.reproduce import reproduce_lth, reproduce_snip
+    from lottery.orchestrate.reproduce import reproduce_dst, reproduce_lth, reproduce_snip
 
-    (reproduce_lth if args.paper == "lth" else reproduce_snip)(args.overrides)
+    {"lth": reproduce_lth, "snip": reproduce_snip, "dst": reproduce_dst}[args.paper](args.overrides)
     return 0
 
 

@@ -57,6 +57,8 @@ KEY_HELP = {
     "baseline.rounds": "pruning rounds; null = the method's default: SynFlow 100, others 1",
     "baseline.schedule": "how density falls over the rounds",
     "baseline.samples_per_class": "examples per class in SNIP's and GraSP's pruning batch",
+    "baseline.batch": "SNIP/GraSP pruning data: balanced (samples_per_class of every class, as OpenLTH and "
+                      "Synaptic-Flow) or random (as many examples drawn at random, as SNIP's own code)",
     "baseline.grasp_temperature": "GraSP's logit temperature T",
     "baseline.isometry": "approximate isometry of the pruned weights before training",
     "baseline.isometry_steps": "Adam steps of the approximate isometry",

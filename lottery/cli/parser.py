@@ -123,11 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", default=None, help="comma-separated benchmark names")
     bench.add_argument("--quick", action="store_true", help="fewer repeats (for smoke tests)")
 
-    reproduce = _command(commands, "reproduce", "reproduce a paper's result (lth, snip)",
+    reproduce = _command(commands, "reproduce", "reproduce a paper's result (lth, snip, dst)",
                          "lth: IMP on LeNet-300-100 with the random-reinit branch (Frankle & Carbin 2019); snip: SNIP at "
                          "95% and 98% sparsity (Lee et al. 2019); on MNIST, compared with the papers' numbers. "
                          "Overrides (key=value) apply to the paper's experiment.", config=False)
-    reproduce.add_argument("paper", choices=("lth", "snip"))
+    reproduce.add_argument("paper", choices=("lth", "snip", "dst"),
+                           help="lth: LTH paper's LeNet-300-100 tickets and reinit control; snip: SNIP Table 1 and the "
+                                "candidate causes of the gap; dst: IMP against RigL, SET, SNIP, random and small-dense")
     reproduce.add_argument("overrides", nargs="*", metavar="key=value")
 
     export = _command(commands, "export", "export a level as a standalone state dict",

@@ -73,6 +73,7 @@ class BaselineConfig:
     rounds: Optional[int] = None  # None: the method's default (SynFlow 100, others 1)
     schedule: str = "exponential"
     samples_per_class: int = 10
+    batch: str = "balanced"  # SNIP/GraSP data: balanced (samples_per_class of every class) or random (as many, drawn)
     grasp_temperature: float = 200.0
     bn_mode: str = "auto"  # BatchNorm while SNIP/GraSP score: train, eval, or auto (each method's reference)
     isometry: bool = False
@@ -180,6 +181,7 @@ CHOICES = {
     "baseline.schedule": ("exponential", "linear"),
     "baseline.bn_mode": ("auto", "train", "eval"),
     "baseline.distribution": ("erk", "uniform"),
+    "baseline.batch": ("balanced", "random"),
     "search.objective": ("val_accuracy", "steps_to_dense", "test_accuracy"),
     "search.pruner": ("median", "hyperband", "none"),
     "experiment.baselines.at": ("init", "rewind"),

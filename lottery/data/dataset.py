@@ -109,6 +109,15 @@ class Dataset:
         x, y = self.raw("train", indices)
         return self.normalize(x), y
 
+    def random_examples(self, count: int, seed: int) -> Batch:
+        """`count` training examples drawn uniformly without replacement by `seed`, normalised (SNIP's own code
+        scores one such batch, where OpenLTH and Synaptic-Flow take a class-balanced one)."""
+        if not 0 < count <= self.num_train:
+            raise DataError(f"{self.name}: cannot draw {count} of its {self.num_train} training examples")
+        indices = torch.randperm(self.num_train, generator=cpu_generator("pruning batch", seed))[:count]
+        x, y = self.raw("train", indices)
+        return self.normalize(x), y
+
     def _check_split(self, split: str) -> int:
         if split not in EVAL_SPLITS:
             raise DataError(f"unknown split {split!r}; valid: {', '.join(EVAL_SPLITS)}")

@@ -55,12 +55,21 @@ def pytorch_default(layer: nn.Module, generator: torch.Generator) -> None:
         _draw(layer.bias, lambda values: values.uniform_(-bound, bound, generator=generator))
 
 
+def variance_scaling_(values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """TensorFlow's VarianceScaling default (scale 1, fan_in, truncated normal): N(0, 1/fan_in) cut at 2σ, its std
+    corrected for the cut (/0.8796...), as the SNIP paper's "variance scaling initialization"."""
+    fan_in = values[0].numel()
+    std = (1.0 / max(fan_in, 1)) ** 0.5 / 0.87962566103423978
+    return nn.init.trunc_normal_(values, std=std, a=-2 * std, b=2 * std, generator=generator)
+
+
 INITIALIZERS: dict[str, Callable[[nn.Module, torch.Generator], None]] = {
     "kaiming_normal": _named(nn.init.kaiming_normal_),
     "kaiming_uniform": _named(nn.init.kaiming_uniform_),
     "glorot_normal": _named(nn.init.xavier_normal_),
     "glorot_uniform": _named(nn.init.xavier_uniform_),
     "orthogonal": _named(nn.init.orthogonal_),
+    "variance_scaling": _named(variance_scaling_),
     "default": pytorch_default,
 }
 

@@ -277,14 +277,14 @@ def _synflow(context: ScoringContext):
 
 
 @register_method("snip", "|g ⊙ θ|, g the loss gradient summed over the pruning batches", needs_data=True,
-                 settings=("samples_per_class",), bn_mode="eval")
+                 settings=("samples_per_class", "batch"), bn_mode="eval")
 def _snip(context: ScoringContext):
     train_mode = context.spec.effective_bn_mode == "train"
     return lambda mask: snip(context.model, mask, context.batches, train_mode=train_mode)
 
 
 @register_method("grasp", "θ ⊙ Hg kept highest, i.e. the paper's -θ ⊙ Hg removed highest, logits / T",
-                 needs_data=True, settings=("samples_per_class", "grasp_temperature"), bn_mode="train")
+                 needs_data=True, settings=("samples_per_class", "batch", "grasp_temperature"), bn_mode="train")
 def _grasp(context: ScoringContext):
     train_mode = context.spec.effective_bn_mode == "train"
     return lambda mask: grasp(context.model, mask, context.batches, temperature=context.spec.temperature,

@@ -54,11 +54,6 @@ class RunContext:
     def theta0(self) -> dict:
         return torch_load(self.layout.init_file, what="θ0 file")
 
-    def pruning_batches(self) -> list:
-        """Class-balanced samples (baseline.samples_per_class of every class), as SNIP and GraSP use."""
-        inputs, labels = self.dataset.class_balanced(self.config.baseline.samples_per_class, self.config.seed)
-        return [(inputs, labels)]
-
 
 def load_data(config: Config, device=None):
     from lottery.data import load_dataset

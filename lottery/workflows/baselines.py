@@ -57,14 +57,18 @@ def method_folder(config: Config, method: str) -> str:
     return f"{method}-{digest}"
 
 
+def pruning_batches(config: Config, dataset) -> list:
+    """SNIP's and GraSP's data: samples_per_class of every class (balanced), or as many drawn at random."""
+    count = config.baseline.samples_per_class
+    if config.baseline.batch == "random":
+        return [dataset.random_examples(count * dataset.num_classes, config.seed)]
+    return [dataset.class_balanced(count, config.seed)]
+
+
 def prune_model(config: Config, dataset, model, method: str, density: float | None = None,
                 compression: float | None = None) -> PruneResult:
     """Score the model as it is (θ0 or θk) with `method` and return the PruneResult at the target."""
-    entry = get_method(method)
-    batches = None
-    if entry.needs_data:
-        inputs, labels = dataset.class_balanced(config.baseline.samples_per_class, config.seed)
-        batches = [(inputs, labels)]
+    batches = pruning_batches(config, dataset) if get_method(method).needs_data else None
     start = Mask.ones(model, ignore=config.prune.ignore, include=config.prune.include)
     return prune(model, PruneSpec.from_config(config, method), density=density, compression=compression,
                  mask=start, batches=batches, input_shape=dataset.input_shape)

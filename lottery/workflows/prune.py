@@ -12,7 +12,7 @@ from lottery.pruning.mask import Mask
 from lottery.pruning.methods import get_method
 from lottery.pruning.prune import PruneResult, PruneSpec, critical_compression
 from lottery.run.context import make_model
-from lottery.workflows.baselines import coreset_network, prune_model, small_dense_network
+from lottery.workflows.baselines import coreset_network, prune_model, pruning_batches, small_dense_network
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +81,7 @@ def critical_report(config: Config, method: str) -> dict:
                           "initialisation", "--method", "command line")
     dataset = check_config(config)
     model = make_model(config, dataset)
-    batches = None
-    if get_method(method).needs_data:
-        inputs, labels = dataset.class_balanced(config.baseline.samples_per_class, config.seed)
-        batches = [(inputs, labels)]
+    batches = pruning_batches(config, dataset) if get_method(method).needs_data else None
     spec = PruneSpec.from_config(config, method)
     search = critical_compression(model, spec, batches, dataset.input_shape,
                                   Mask.ones(model, ignore=config.prune.ignore, include=config.prune.include))
