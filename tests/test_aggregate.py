@@ -5,7 +5,7 @@ import math
 import statistics
 
 import pytest
-from matplotlib.container import ErrorbarContainer
+from matplotlib.collections import PolyCollection
 
 from lottery.cli import main
 from lottery.report.aggregate import Summary, aggregate, build_experiment_report, figure, side_by_side
@@ -69,18 +69,18 @@ def test_the_table_has_a_row_per_density_and_a_column_per_series():
     assert f"{statistics.fmean(ACCURACY['snip'][0.64]):.4f} ± " in lines[-1] and "(3)" in lines[-1]
 
 
-def test_the_figure_has_std_error_bars_per_series_and_ticks_every_density():
+def test_the_figure_shades_mean_plus_minus_std_per_series_and_ticks_every_density():
     result = aggregate({seed: _rows(seed) for seed in range(3)})
     axes = figure(result).axes[0]
     assert axes.get_xscale() == "log" and axes.xaxis_inverted()
     assert axes.get_xlabel() and "std" in axes.get_ylabel()
-    bars = [c for c in axes.containers if isinstance(c, ErrorbarContainer)]
-    assert [bar.get_label() for bar in bars] == result.series()
-    snip = next(bar for bar in bars if bar.get_label() == "snip")
-    segments = snip.lines[2][0].get_segments()  # one vertical segment per density: mean - std to mean + std
+    bands = [c for c in axes.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 3
+    names = [line.get_label() for line in axes.get_lines() if not line.get_label().startswith("dense")]
+    snip = bands[names.index("snip")].get_paths()[0].vertices
     expected = result.summaries["final_test_acc"]["snip"]["0.640000"]
-    low, high = sorted(segment[:, 1] for segment in segments if abs(segment[0, 0] / 0.64 - 1) < 0.05)[0]
-    assert (low, high) == pytest.approx((expected.mean - expected.std, expected.mean + expected.std))
+    at = snip[abs(snip[:, 0] - 0.64) < 1e-9, 1]  # the band's lower and upper edge at density 0.64
+    assert (at.min(), at.max()) == pytest.approx((expected.mean - expected.std, expected.mean + expected.std))
     assert sorted(axes.get_xticks()) == pytest.approx([0.64, 0.8, 1.0])
     assert [tick.get_text() for tick in axes.get_xticklabels()] == ["0.64", "0.8", "1"]
 

@@ -3,7 +3,7 @@ a 95% t confidence interval of the final test accuracy and of the accuracy at th
 density IMP's paired difference to each baseline across seeds, with its interval.
 
 The inputs are the seeds' results.json rows (runs/<exp>/<hash>/seed_<s>/); the outputs go to
-runs/<exp>/<hash>/report/: aggregate.json, aggregate.md, accuracy_vs_density_<metric>.png (mean ± std error bars).
+runs/<exp>/<hash>/report/: aggregate.json, aggregate.md, accuracy_vs_density_<metric>.png (mean, shaded ± std).
 """
 from __future__ import annotations
 
@@ -144,26 +144,28 @@ def paired_table(result: Aggregate, metric: str = "final_test_acc") -> str:
 
 
 def figure(result: Aggregate, metric: str = "final_test_acc"):
-    """Mean ± std per series as error bars, on a log density axis with every density ticked.
+    """The mean per series with a shaded ± 1 std interval, on a log density axis with every density ticked.
 
-    Error bars, not shaded 95% t intervals: with 2-3 seeds t's factor (12.7 at n = 2) makes bands wider than
-    the accuracy range and the figure unreadable; the intervals are in aggregate.md. The series are dodged a
-    little along the (log) density axis so that bars at one density do not hide each other.
+    ± std, not the 95% t interval: with 2-3 seeds t's factor (12.7 at n = 2) makes the bands wider than the
+    whole accuracy range and the figure unreadable; the t intervals are in aggregate.md and aggregate.json.
     """
     figure_, axes = new_figure(7.5, 4.8)
-    names = [name for name in result.series() if result.summaries[metric].get(name)]
-    for index, name in enumerate(names):
-        points = sorted(((result.densities[key], summary) for key, summary in result.summaries[metric][name].items()),
+    for name in result.series():
+        by_density = result.summaries[metric].get(name, {})
+        points = sorted(((result.densities[key], summary) for key, summary in by_density.items()),
                         key=lambda point: -point[0])
-        dodge = 1.0 + 0.012 * (index - (len(names) - 1) / 2)
-        axes.errorbar([density * dodge for density, _ in points], [s.mean for _, s in points],
-                      yerr=[s.std for _, s in points], marker="o", markersize=3.5, capsize=2.5, label=name,
-                      linewidth=2.0 if name == IMP else 1.2, elinewidth=0.9)
+        if not points:
+            continue
+        xs = [density for density, _ in points]
+        line, = axes.plot(xs, [s.mean for _, s in points], marker="o", markersize=3.5, label=name,
+                          linewidth=2.0 if name == IMP else 1.2)
+        axes.fill_between(xs, [s.mean - s.std for _, s in points], [s.mean + s.std for _, s in points],
+                          color=line.get_color(), alpha=0.15, linewidth=0)
     dense = result.dense.get(metric)
     if dense is not None:
         axes.axhline(dense.mean, color="grey", linestyle="--", linewidth=1, label=f"dense ({dense.text()})")
     density_axis(axes, list(result.densities.values()))
-    axes.set_ylabel(f"{METRICS[metric]}, mean ± std")
+    axes.set_ylabel(f"{METRICS[metric]}, mean ± std (shaded)")
     axes.set_title(f"accuracy vs density over {len(result.seeds)} seed(s)")
     axes.grid(True, which="major", alpha=0.3)
     axes.legend(fontsize=7)
