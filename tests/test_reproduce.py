@@ -62,3 +62,28 @@ def test_series_means_aggregate_each_level_over_the_seeds():
     summary = lth_summary(ticket, reinit)
     assert summary["reinit_worse"] and summary["reinit"][0]["ticket"] == pytest.approx(0.98)
     assert "0.9800 ± 0.0100 (3)" in lth_markdown(summary, ticket, reinit)
+
+
+def test_prune_potentials_are_aggregated_over_the_seeds_robustness_summaries(tmp_path):
+    from lottery.orchestrate.reproduce import prune_potentials
+    from lottery.run.files import write_json
+
+    for seed, (clean, noise) in enumerate([(0.96, 0.80), (0.98, 0.90), (0.97, 0.85)]):
+        write_json(tmp_path / f"seed_{seed}" / "robustness" / "robustness.json",
+                   {"prune_potential": {"ticket": {"clean": {"density": 1 - clean, "prune_potential": clean},
+                                                   "noise": {"density": 1 - noise, "prune_potential": noise}},
+                                        "rigl": {"clean": {"density": 1.0, "prune_potential": 0.0}}}})
+    found = prune_potentials(tmp_path)
+    assert found["ticket"]["clean"].mean == pytest.approx(0.97) and found["ticket"]["clean"].n == 3
+    assert found["ticket"]["noise"].std == pytest.approx(0.05)
+    assert found["rigl"]["clean"].mean == 0.0 and "noise" not in found["rigl"]
+
+
+def test_snip_scores_a_batchnorm_free_lenet_identically_in_both_modes():
+    from lottery.config import load_config
+    from lottery.orchestrate.reproduce import snip_bn_modes_agree
+
+    config = load_config("snip_lenet300", ["data.name=synthetic", "model.name=lenet_32_16", "data.val_size=0"])
+    assert snip_bn_modes_agree(config, densities=(0.05,)) == {"0.05": True}
+    with_batchnorm = load_config("resnet20", ["data.name=synthetic", "model.width=4"])
+    assert snip_bn_modes_agree(with_batchnorm, densities=(0.05,)) == {"0.05": False}  # the check can tell

@@ -196,12 +196,34 @@ def reproduce_snip(overrides: list[str]) -> dict:
                           f"{SNIP_PAPER_ERRORS[label]:.1f}%"])
     text = format_table(["run", "network", "test error, final", "test error, early stop", "paper"], cells,
                         markdown=True) + "\n"
+    modes = snip_bn_modes_agree(load_config("snip_lenet300", list(overrides)))
+    summary["bn_modes_agree"] = modes
+    text += ("\nBatchNorm mode while scoring: LeNet-300-100 has no BatchNorm (or dropout), and SNIP's masks of "
+             f"seed 0 scored in train and in eval mode are {'identical' if all(modes.values()) else 'DIFFERENT'} "
+             f"at {', '.join(f'density {density}' for density in modes)}, so the mode cannot explain the gap.\n")
     out_dir = Path(summary[next(iter(SNIP_VARIANTS))]["directory"]) / "reproduce"
     write_json(out_dir / "snip.json", summary)
     atomic_write_text(out_dir / "snip.md", text)
     print(text)
     print(f"tables: {out_dir}")
     return summary
+
+
+def snip_bn_modes_agree(config: Config, densities: tuple = (0.05, 0.02)) -> dict[str, bool]:
+    """Whether SNIP's mask of θ0 is the same scored in train and in eval mode, per density (one seed)."""
+    from lottery.run.context import load_data, make_model
+    from lottery.workflows.baselines import prune_model
+
+    dataset = load_data(config)
+    agree = {}
+    for density in densities:
+        masks = []
+        for mode in ("train", "eval"):
+            config.baseline.bn_mode = mode
+            masks.append(prune_model(config, dataset, make_model(config, dataset), "snip", density=density).mask)
+        agree[str(density)] = masks[0].equals(masks[1])
+    config.baseline.bn_mode = "auto"
+    return agree
 
 
 def _error_text(summary: dict) -> str:
@@ -229,10 +251,37 @@ def reproduce_dst(overrides: list[str]) -> dict:
                        if result.summaries["final_test_acc"].get(name, {}).get(key) else "-" for key in keys]
              for name in series]
     text = format_table(["method", *[f"{100 * d:.2f}% of weights" for d in targets]], cells, markdown=True)
-    text += f"\n\n3 seeds, {seconds / 60:.1f} minutes; prune potential per seed in each seed's robustness/\n"
+    potentials = prune_potentials(outcome.directory)
+    text += "\n\nprune potential (share of weights removed within " \
+            f"{100 * config.experiment.evaluate.margin:.1f} points of the dense network), mean ± std over seeds:\n\n"
+    text += format_table(["series", "clean", "Gaussian noise (mean over severities)"],
+                         [[name, *[potentials[name][condition].text(3) if condition in potentials[name] else "-"
+                                   for condition in ("clean", "noise")]] for name in series if name in potentials],
+                         markdown=True)
+    text += f"\n\n3 seeds, {seconds / 60:.1f} minutes\n"
     out_dir = outcome.directory / "reproduce"
-    write_json(out_dir / "dst.json", {"targets": targets, "minutes": seconds / 60, "table": cells})
+    write_json(out_dir / "dst.json", {"targets": targets, "minutes": seconds / 60, "table": cells,
+                                      "prune_potential": {name: {condition: vars(summary) for condition, summary
+                                                                 in by_condition.items()}
+                                                          for name, by_condition in potentials.items()}})
     atomic_write_text(out_dir / "dst.md", text)
     print(text)
     print(f"tables: {out_dir}")
-    return {"targets": targets, "table": cells}
+    return {"targets": targets, "table": cells, "prune_potential": potentials}
+
+
+def prune_potentials(experiment_dir: Path) -> dict[str, dict[str, Summary]]:
+    """Per series and condition, the prune potential of each seed's robustness summary, over the seeds."""
+    from lottery.run.files import read_json
+    from lottery.workflows.evaluate import summary_files
+
+    values: dict[str, dict[str, list[float]]] = {}
+    for seed_dir in sorted(experiment_dir.glob("seed_*")):
+        path = summary_files(seed_dir)["json"]
+        if not path.exists():
+            continue
+        for name, by_condition in read_json(path)["prune_potential"].items():
+            for condition, entry in by_condition.items():
+                values.setdefault(name, {}).setdefault(condition, []).append(entry["prune_potential"])
+    return {name: {condition: Summary.of(found) for condition, found in by_condition.items()}
+            for name, by_condition in values.items()}
