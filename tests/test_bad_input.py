@@ -44,6 +44,8 @@ CASES = {
     "lr inf": (["ticket", *BASE, "train.lr=inf"], 2, ["train.lr", "finite", "(from the command line)"]),
     "weight_decay inf": (["ticket", *BASE, "train.weight_decay=inf"], 2, ["train.weight_decay", "finite"]),
     "gamma inf": (["ticket", *BASE, "train.gamma=inf"], 2, ["train.gamma", "finite"]),
+    "margin as a fraction above 100 points": (["ticket", *BASE, "experiment.evaluate.margin=150"], 2,
+                                               ["experiment.evaluate.margin", "[0, 100) accuracy points"]),
     "momentum nan": (["ticket", *BASE, "train.momentum=nan"], 2, ["train.momentum", "finite"]),
     "fraction -inf": (["ticket", *BASE, "prune.fraction=-inf"], 2, ["prune.fraction", "finite"]),
     "grasp temperature .inf": (["ticket", *BASE, "baseline.grasp_temperature=.inf"], 2, ["grasp_temperature"]),

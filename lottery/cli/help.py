@@ -90,8 +90,8 @@ KEY_HELP = {
                                        "(noise, blur, contrast, brightness, jpeg); empty = no robustness evaluation",
     "experiment.evaluate.severities": "corruption severities (1..5, as CIFAR-10-C)",
     "experiment.evaluate.seed": "seed of the corrupted images (the same for every stage and seed)",
-    "experiment.evaluate.margin": "prune potential: accuracy below the unpruned network still counted (0.005 = "
-                                  "0.5 points)",
+    "experiment.evaluate.margin": "prune potential: accuracy points below the unpruned network still "
+                                  "counted (as lottery evaluate --margin)",
     "experiment.branches": "control branches and the ticket levels they branch from, e.g. {reinit: [3, 7]}",
     "run.root": "where run directories go",
     "run.executor": "where `lottery ticket` runs its stages: local worker processes, or a Ray cluster",

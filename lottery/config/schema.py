@@ -122,7 +122,7 @@ class EvaluatePlan:
     corruptions: list[str] = field(default_factory=list)  # empty: no robustness evaluation
     severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     seed: int = 0  # of the corrupted images
-    margin: float = 0.005  # the prune potential's margin in accuracy (0.5 points)
+    margin: float = 0.5  # the prune potential's margin, in accuracy points (as lottery evaluate --margin)
 
 
 @dataclass

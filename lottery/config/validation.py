@@ -118,8 +118,8 @@ def validate(config: Config, source: str | None = None) -> None:
     evaluation = config.experiment.evaluate
     if any(not 1 <= severity <= 5 for severity in evaluation.severities) or not evaluation.severities:
         fail("experiment.evaluate.severities", f"severities must be in 1..5, got {evaluation.severities}")
-    if not 0 <= evaluation.margin < 1:
-        fail("experiment.evaluate.margin", f"must be in [0, 1), got {evaluation.margin}")
+    if not 0 <= evaluation.margin < 100:
+        fail("experiment.evaluate.margin", f"must be in [0, 100) accuracy points, got {evaluation.margin}")
     for branch, levels in config.experiment.branches.items():
         if any(level < 0 for level in levels):
             fail(f"experiment.branches.{branch}", f"levels must be >= 0, got {levels}")

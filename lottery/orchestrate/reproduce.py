@@ -253,7 +253,7 @@ def reproduce_dst(overrides: list[str]) -> dict:
     text = format_table(["method", *[f"{100 * d:.2f}% of weights" for d in targets]], cells, markdown=True)
     potentials = prune_potentials(outcome.directory)
     text += "\n\nprune potential (share of weights removed within " \
-            f"{100 * config.experiment.evaluate.margin:.1f} points of the dense network), mean ± std over seeds:\n\n"
+            f"{config.experiment.evaluate.margin:.1f} points of the dense network), mean ± std over seeds:\n\n"
     text += format_table(["series", "clean", "Gaussian noise (mean over severities)"],
                          [[name, *[potentials[name][condition].text(3) if condition in potentials[name] else "-"
                                    for condition in ("clean", "noise")]] for name in series if name in potentials],

@@ -307,7 +307,7 @@ def evaluation_stages(config, stages) -> list[EvaluateStage]:
 def summarize_evaluations(run: RunContext) -> Optional[dict]:
     """<run_dir>/robustness/ from the stages' robustness.json files, after an experiment's evaluation stages."""
     plan = run.config.experiment.evaluate
-    spec = RobustnessSpec(tuple(plan.corruptions), tuple(plan.severities), plan.seed, plan.margin)
+    spec = RobustnessSpec(tuple(plan.corruptions), tuple(plan.severities), plan.seed, plan.margin / 100)
     results = [result for ref, directory in run.layout.stage_dirs()
                if (result := _stored(directory / RESULT_FILE, ref, spec)) is not None]
     return write_summary(run, results, spec) if results else None
