@@ -20,7 +20,7 @@ def states_equal(first, second):
 
 def test_all_required_initialisers_are_registered():
     assert set(INITIALIZERS) == {"kaiming_normal", "kaiming_uniform", "glorot_normal", "glorot_uniform",
-                                 "orthogonal", "default"}
+                                 "orthogonal", "variance_scaling", "default"}
 
 
 @pytest.mark.parametrize("init", sorted(INITIALIZERS))
@@ -107,3 +107,10 @@ def test_torchvision_models_are_seeded_too():
 def test_unknown_initialiser_is_a_clear_error():
     with pytest.raises(ValueError, match="glorot_normal"):
         initialize(nn.Linear(2, 2), "xavier", seed=0)
+
+
+def test_variance_scaling_is_tensorflows_truncated_normal_with_std_one_over_fan_in():
+    weight = layer_std("variance_scaling").weight.detach()
+    assert weight.std().item() == pytest.approx(math.sqrt(1 / 400), rel=0.03)
+    # Cut at two standard deviations of the underlying (pre-cut) normal.
+    assert weight.abs().max().item() <= 2 * math.sqrt(1 / 400) / 0.87962566103423978
