@@ -95,14 +95,16 @@ def make_run_dir(root: Path, config: Config, levels: int = 3, branches: bool = T
 
 
 def runs_by_name(uri: str, experiment: str) -> dict:
+    """The experiment's runs: stage runs by their key tag, parents by their name."""
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     assert found is not None, f"experiment {experiment} not in {uri}"
     runs = client.search_runs([found.experiment_id], max_results=1000)
     by_name = {}
-    for run in runs:
-        assert run.info.run_name not in by_name, f"duplicate run {run.info.run_name}"
-        by_name[run.info.run_name] = run
+    for run in runs:  # stage runs by their stable key (level_01, branch/reinit/level_02), parents by name
+        name = run.data.tags.get("key", run.info.run_name)
+        assert name not in by_name, f"duplicate run {name}"
+        by_name[name] = run
     return by_name
 
 

@@ -197,15 +197,15 @@ def test_a_ticket_is_mirrored_level_by_level_and_an_interrupted_one_resumes_into
     with pytest.raises(KeyboardInterrupt):
         run_ticket(config, command="lottery ticket --exp tiny")
     first = runs_by_name(sqlite_uri, "ticket_e2e")
-    assert first["level_01"].info.status == "FAILED" and first["ticket_e2e"].info.status == "FAILED"
+    assert first["level_01"].info.status == "FAILED" and first["seed 0"].info.status == "FAILED"
     assert [s for s, _ in metric_steps(sqlite_uri, first["level_01"], "test_acc")] == [10]
 
     monkeypatch.setattr(MlflowRunHandle, "log_metrics", log_metrics)
     outcome = run_ticket(config, command="lottery ticket --exp tiny")
     runs = runs_by_name(sqlite_uri, "ticket_e2e")
     assert {n: r.info.run_id for n, r in runs.items()} == {n: r.info.run_id for n, r in first.items()}
-    parent = runs["ticket_e2e"]
-    assert set(runs) == {"ticket_e2e", "level_00", "level_01"}
+    parent = runs["seed 0"]
+    assert set(runs) == {"seed 0", "level_00", "level_01"}
     assert all(run.info.status == "FINISHED" for run in runs.values())
     assert parent.data.tags["command"] == "lottery ticket --exp tiny"
     assert parent.data.tags["config_hash"] == config_hash(config)
@@ -214,7 +214,8 @@ def test_a_ticket_is_mirrored_level_by_level_and_an_interrupted_one_resumes_into
     for row in outcome.rows:
         child = runs[f"level_{row['level']:02d}"]
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert float(child.data.params["density"]) == pytest.approx(row["density"])
+        assert child.data.params["density"] == f"{row['density']:.4g}"  # the exact density is the metric
+        assert child.data.metrics["density"] == row["density"]
         history_ = read_json(outcome.run_dir / f"level_{row['level']:02d}" / "metrics.json")["history"]
         for key in ("test_acc", "train_loss", "test_loss", "lr", "val_loss"):
             points = metric_steps(sqlite_uri, child, key)

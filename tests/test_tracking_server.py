@@ -53,12 +53,12 @@ def test_a_ticket_run_outlives_the_server_and_sync_fills_the_gap(mlflow_server, 
     original_child = MlflowTracker.child
     killed = []
 
-    def child_then_kill(self, key, name, params):
+    def child_then_kill(self, key, name, params, *rest):
         if key == "level_01" and not killed:
             self.flush()  # level 0 is fully in MLflow; then the server dies
             mlflow_server.kill()
             killed.append(key)
-        return original_child(self, key, name, params)
+        return original_child(self, key, name, params, *rest)
 
     monkeypatch.setattr(MlflowTracker, "child", child_then_kill)
     started = time.monotonic()
@@ -74,20 +74,20 @@ def test_a_ticket_run_outlives_the_server_and_sync_fills_the_gap(mlflow_server, 
     for level in range(3):
         assert (run_dir / f"level_{level:02d}" / "DONE").exists()
     before = runs_by_name(mlflow_server.backend, "outage")  # the server's own store, read directly
-    assert set(before) == {"outage", "level_00"}
+    assert set(before) == {"seed 0", "level_00"}
     assert before["level_00"].info.status == "FINISHED"
 
     mlflow_server.start()
     assert sync_run(run_dir).error is None
     after = runs_by_name(mlflow_server.uri, "outage")
-    assert set(after) == {"outage", "level_00", "level_01", "level_02"}
-    assert after["outage"].info.run_id == before["outage"].info.run_id
+    assert set(after) == {"seed 0", "level_00", "level_01", "level_02"}
+    assert after["seed 0"].info.run_id == before["seed 0"].info.run_id
     assert after["level_00"].info.run_id == before["level_00"].info.run_id
-    assert after["outage"].info.status == "FINISHED"
+    assert after["seed 0"].info.status == "FINISHED"
     for level in range(3):
         history = read_json(run_dir / f"level_{level:02d}" / "metrics.json")["history"]
         points = metric_steps(mlflow_server.uri, after[f"level_{level:02d}"], "test_acc")
         assert [step for step, _ in points] == [record["step"] for record in history]
         assert [value for _, value in points] == pytest.approx([record["test_acc"] for record in history])
     assert {"results.json", "config.yaml", "figures/accuracy_vs_density.png", "masks/level_02/mask.pt"} <= \
-        artifact_paths(mlflow_server.uri, after["outage"])
+        artifact_paths(mlflow_server.uri, after["seed 0"])

@@ -16,12 +16,13 @@ from lottery.tracking.protocol import resolve_uri
 from tests.conftest_mlflow import (artifact_paths, clean_http_env, free_port, make_run_dir, metric_steps,  # noqa: F401
                                    runs_by_name, sqlite_uri, tiny_tracked_config)
 
-EXPECTED_RUNS = {"synced", "dense", "level_00", "level_01", "level_02", "reinit level 1", "reinit level 2"}
+# the parent by its name, stage runs by their key
+EXPECTED_RUNS = {"seed 0", "dense", "level_00", "level_01", "level_02", "branch/reinit/level_01",
+                 "branch/reinit/level_02"}
 
 
 def _baseline_names(run_dir) -> set[str]:
-    return {f"{s.row['method']} d={s.ref.density:.4f}" for s in find_stages(run_dir)
-            if s.key.startswith("baseline/")}
+    return {s.key for s in find_stages(run_dir) if s.key.startswith("baseline/")}
 
 
 def _snapshot(uri: str, experiment: str) -> dict:
@@ -38,7 +39,7 @@ def test_sync_uploads_every_stage_and_running_it_twice_changes_nothing(tmp_path,
 
     runs = runs_by_name(sqlite_uri, "synced")
     assert set(runs) == EXPECTED_RUNS | _baseline_names(run_dir)
-    parent = runs["synced"]
+    parent = runs["seed 0"]
     assert parent.info.status == "FINISHED" and parent.data.tags["synced"] == "true"
     by_key = {run.data.tags.get("key"): run for run in runs.values()}
     for stage in find_stages(run_dir):
@@ -92,7 +93,7 @@ def test_sync_completes_what_live_tracking_left_and_can_mirror_to_a_second_store
     stored = json.loads((run_dir / "tracking.json").read_text())
     assert set(stored) == {sqlite_uri, other}
     assert stored[sqlite_uri]["partial"]["runs"]["level_00"] == ids["level_00"]
-    assert set(runs_by_name(other, "copy")) == {"partial", "level_00", "level_01", "level_02"}
+    assert set(runs_by_name(other, "copy")) == {"seed 0", "level_00", "level_01", "level_02"}
 
 
 def test_sync_reports_an_unreachable_server(tmp_path, capsys, caplog, clean_http_env):

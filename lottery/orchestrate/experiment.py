@@ -22,6 +22,7 @@ from lottery.run import distributed
 from lottery.run.context import RunContext, attach_run, close_run, make_directory, make_model
 from lottery.run.layout import RunLayout
 from lottery.run.stage import run_stage
+from lottery.tracking.schema import DESCRIPTION_TAG, experiment_run_name
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +116,11 @@ def run_experiment(config: Config, command: str = "lottery ticket", dry_run: boo
     tracker = make_tracker(config, layout.experiment_dir, command) if rank == 0 else None
     experiment_run = None
     if tracker is not None:
-        parent = tracker.parent(f"{config.exp} {config_hash(config)}", {"kind": "experiment"}, flatten(config))
+        description = (f"Experiment {config.exp} (config {config_hash(config)}), seeds {seeds_of(config)}: the seed "
+                       "runs below hold the IMP levels, baselines and branches. Metrics curve/<series>/<metric> at "
+                       "X axis curve/density draw accuracy against density; summary/* are the headline numbers.")
+        parent = tracker.parent(experiment_run_name(config.exp, config_hash(config)),
+                                {"kind": "experiment", DESCRIPTION_TAG: description}, flatten(config))
         tracker.flush()
         experiment_run = parent
     seeds = seeds_of(config)
@@ -136,10 +141,13 @@ def run_experiment(config: Config, command: str = "lottery ticket", dry_run: boo
                 from lottery.workflows.evaluate import summarize_evaluations
 
                 summarize_evaluations(run)  # <run_dir>/robustness/: per series and density, prune potential
-            close_run(run, "FINISHED" if finished and outcome.outcomes else "FAILED")
+            close_run(run, "FINISHED" if finished and outcome.outcomes else "FAILED", announce=False)
     if rank == 0:
-        outcome.report = _report(layout, experiment_run, stream)
+        outcome.report = _report(layout, experiment_run, stream, config.experiment.evaluate.margin)
+        url = tracker.ui_url()
         tracker.close(status)
+        if url:
+            print(f"MLflow runs table: {url}", file=stream)
         _summary(outcome, contexts, stream)
     return outcome
 
@@ -189,9 +197,9 @@ def _packing(config: Config, graph: Graph, contexts: dict[int, RunContext]):
     return (lambda ready: take_pack(ready, keys, size)), size
 
 
-def _report(layout: RunLayout, experiment_run, stream):
+def _report(layout: RunLayout, experiment_run, stream, margin: float):
     from lottery.errors import NotFoundError
-    from lottery.report.aggregate import build_experiment_report
+    from lottery.report.aggregate import build_experiment_report, log_curves
 
     try:
         report = build_experiment_report(layout.experiment_dir)
@@ -204,6 +212,7 @@ def _report(layout: RunLayout, experiment_run, stream):
         for path in report.files:
             if path.suffix != ".png":
                 experiment_run.log_artifact(path, "report")
+        log_curves(experiment_run, report.aggregate, margin)
     return report
 
 

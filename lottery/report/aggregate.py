@@ -172,6 +172,51 @@ def figure(result: Aggregate, metric: str = "final_test_acc"):
     return figure_
 
 
+def series_metric_name(series: str) -> str:
+    """A figure's series as an MLflow metric word: ticket -> imp, "branch reinit" -> reinit, snip@rewind ->
+    snip_at_rewind (the names of lottery.tracking.schema's `series` param)."""
+    if series == IMP:
+        return "imp"
+    return series.removeprefix("branch ").replace("@", "_at_").replace(" ", "_")
+
+
+def curve_metrics(result: Aggregate, margin: float) -> tuple[list[tuple[int, dict]], dict]:
+    """The accuracy-vs-density chart as MLflow metrics, and the headline numbers.
+
+    Per density, densest first, at step = its index: `curve/density` and `curve/<series>/<metric>` (the mean over
+    seeds), so the UI's line chart with X axis `curve/density` draws every series. The summary: the dense mean and,
+    per series, the sparsest density whose mean final test accuracy is within `margin` accuracy points of dense.
+    """
+    keys = sorted(result.densities, key=lambda key: -result.densities[key])
+    points = []
+    for step, key in enumerate(keys):
+        values = {"curve/density": result.densities[key]}
+        for metric, by_series in result.summaries.items():
+            for name, by_density in by_series.items():
+                if key in by_density:
+                    values[f"curve/{series_metric_name(name)}/{metric}"] = by_density[key].mean
+        points.append((step, values))
+    summary = {}
+    dense = result.dense.get("final_test_acc")
+    if dense is not None:
+        summary["summary/dense/final_test_acc"] = dense.mean
+        for name, by_density in result.summaries.get("final_test_acc", {}).items():
+            matching = [key for key in keys if key in by_density and by_density[key].mean >= dense.mean - margin / 100]
+            if matching:
+                sparsest = min(matching, key=lambda key: result.densities[key])
+                summary[f"summary/{series_metric_name(name)}/sparsest_matching_density"] = result.densities[sparsest]
+                summary[f"summary/{series_metric_name(name)}/final_test_acc_there"] = by_density[sparsest].mean
+    return points, summary
+
+
+def log_curves(handle, result: Aggregate, margin: float) -> None:
+    """curve_metrics logged to a parent run (the experiment's or a seed's)."""
+    points, summary = curve_metrics(result, margin)
+    for step, values in points:
+        handle.log_metrics(values, step=step)
+    handle.log_metrics(summary)
+
+
 def _json(result: Aggregate) -> dict:
     def plain(tree):
         return {series: {key: vars(summary) for key, summary in by_key.items()} for series, by_key in tree.items()}

@@ -32,6 +32,7 @@ class StageRecord:
     ref: StageRef
     row: dict
     history: list[dict]
+    times: dict = field(default_factory=dict)  # start_ms, end_ms of the training that finished the stage
 
     @property
     def key(self) -> str:
@@ -55,7 +56,7 @@ def find_stages(run_dir: Path) -> list[StageRecord]:
         data = read_json(directory / "metrics.json", "stage record")
         if "row" not in data:
             raise CorruptFileError(f"{directory / 'metrics.json'}: expected an object with 'row' and 'history'")
-        stages.append(StageRecord(directory, ref, data["row"], data.get("history") or []))
+        stages.append(StageRecord(directory, ref, data["row"], data.get("history") or [], data.get("times") or {}))
     return stages
 
 
@@ -150,6 +151,13 @@ def build_report(run_dir: Path, out_dir: Optional[Path] = None, save_figures: bo
     return Report(out_dir, table, files, made)
 
 
+def _margin(layout: RunLayout) -> float:
+    """The run's experiment.evaluate.margin (accuracy points): "matches dense" in the summary metrics."""
+    from lottery.run.context import read_config
+
+    return read_config(layout.run_dir).experiment.evaluate.margin
+
+
 def publish(layout: RunLayout, tracker, parent) -> None:
     """Log figures (PNG), the table, the sparsity report, masks and results to the parent run.
 
@@ -168,6 +176,13 @@ def publish(layout: RunLayout, tracker, parent) -> None:
         parent.log_artifact(report.directory / "sparsity.json", "report")
     except (OSError, ValueError, KeyError, TypeError, CorruptFileError, NotFoundError) as error:
         logger.warning("report for %s not published: %s", run_dir, error)
+    try:
+        from lottery.report.aggregate import aggregate, log_curves
+
+        config_margin = _margin(layout)
+        log_curves(parent, aggregate({0: read_rows(layout)}), config_margin)
+    except (OSError, ValueError, KeyError, TypeError, CorruptFileError, NotFoundError) as error:
+        logger.warning("accuracy curves of %s not logged: %s", run_dir, error)
     for path in [layout.config_file, layout.results_file]:
         if path.is_file():
             parent.log_artifact(path)

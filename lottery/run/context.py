@@ -20,6 +20,7 @@ from lottery.run.layout import RunLayout
 from lottery.run.locks import FileLock
 from lottery.run.results import repair_results
 from lottery.tracking.base import RunHandle, Tracker, run_tags
+from lottery.tracking.schema import seed_run_name
 from lottery.training.device import resolve_fast_path
 from lottery.training.plan import StepPlan
 
@@ -126,8 +127,8 @@ def attach_run(config: Config, command: str, dataset=None, passive: bool = False
         write_config(layout, config)
         repair_results(layout)
         tracker = make_tracker(config, layout.run_dir, command=command)
-    parent = tracker.parent(config.exp, {**run_tags(config, command), **(parent_tags or {})}, flatten(config),
-                            passive=passive)
+    parent = tracker.parent(seed_run_name(config.seed), {**run_tags(config, command), **(parent_tags or {})},
+                            flatten(config), passive=passive)
     run = RunContext(config, layout, dataset, step_plan(config, dataset, rank, world_size), tracker, parent, command,
                      rank, world_size, verified)
     if rank == 0 and not passive:
@@ -136,13 +137,17 @@ def attach_run(config: Config, command: str, dataset=None, passive: bool = False
     return run
 
 
-def close_run(run: RunContext, status: str) -> None:
-    """Publish the run directory's report to its parent run (when finished, rank 0) and close tracking."""
+def close_run(run: RunContext, status: str, announce: bool = True) -> None:
+    """Publish the run directory's report to its parent run (when finished, rank 0) and close tracking;
+    `announce`: print where the MLflow UI shows the runs (an experiment prints it once for all its seeds)."""
     from lottery.report.run_report import publish
 
     if run.is_main and status == "FINISHED":
         publish(run.layout, run.tracker, run.parent)  # figures, masks and the report; never raises
+    url = run.tracker.ui_url()
     run.tracker.close(status)
+    if url and announce and run.is_main:
+        print(f"MLflow runs table: {url}")
 
 
 @contextmanager

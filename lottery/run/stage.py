@@ -29,6 +29,8 @@ from lottery.run.layout import DONE, RunLayout, StageRef
 from lottery.run.locks import FileLock
 from lottery.run.results import record_row
 from lottery.tracking.base import summary_metrics
+from lottery.tracking.protocol import now_ms
+from lottery.tracking.schema import stage_run
 from lottery.training.loop import TrainJob, train
 
 logger = logging.getLogger(__name__)
@@ -188,7 +190,16 @@ class TrainingStage(Stage):
         return f"delete its folder {self.ref.relative}/ to train it again"
 
     def result(self, run: RunContext) -> dict:
-        return finished_row(run.layout.directory(self.ref))
+        """The finished stage's row; MLflow is made to hold its run too, in case a kill cut its upload short."""
+        directory = run.layout.directory(self.ref)
+        if run.tracker.enabled and not run.tracker.is_complete(self.ref.key):
+            record = read_json(directory / "metrics.json", "stage record")
+            name, params, tags = self.tracked_as(run, record["row"]["density"])
+            times = record.get("times", {})
+            run.tracker.replay(self.ref.key, name, params, tags, record["history"], summary_metrics(record["row"]),
+                               times.get("start_ms"), times.get("end_ms"))
+            return record["row"]
+        return finished_row(directory)
 
     # -- what a kind says ---------------------------------------------------------------------
     def build(self, run: RunContext) -> nn.Module:
@@ -215,9 +226,13 @@ class TrainingStage(Stage):
         """What changes `mask` during training (dynamic sparse training), or None: the mask is fixed."""
         return None
 
-    def params(self, mask: Mask) -> dict:
-        """The stage's MLflow params."""
-        return {**{k: v for k, v in self.fields().items() if v is not None}, "density": mask.density()}
+    def matched_level(self, run: RunContext) -> Optional[int]:
+        """The IMP level a baseline is compared with (its density equals that level's); levels carry their own."""
+        return None
+
+    def tracked_as(self, run: RunContext, density: float) -> tuple[str, dict, dict]:
+        """(name, params, tags) of the stage's MLflow run, by the one schema (lottery.tracking.schema)."""
+        return stage_run(self.ref, density, run.config.seed, run.config.exp, run.command, self.matched_level(run))
 
     def log_start(self, mask: Mask, start_step: int, end_step: int) -> None:
         logger.info("%s: density %.4f, training steps %d..%d", self.name, mask.density(), start_step, end_step)
@@ -248,7 +263,9 @@ class TrainingStage(Stage):
         mask = distributed.broadcast_mask(mask)
         start_step = self.prepare(run, model, mask)
         self.log_start(mask, start_step, run.plan.total)
-        handle = run.tracker.child(self.ref.key, self.ref.run_name, self.params(mask))
+        started_ms = now_ms()
+        name, params, tags = self.tracked_as(run, mask.density()) if run.tracker.enabled else ("", {}, {})
+        handle = run.tracker.child(self.ref.key, name, params, tags, started_ms)
 
         def on_eval(step: int, record: dict) -> None:
             handle.log_metrics({k: v for k, v in record.items() if k != "step" and v is not None}, step=step)
@@ -262,7 +279,7 @@ class TrainingStage(Stage):
             checkpoint_tag=self.ref.relative, on_eval=on_eval, desc=self.ref.relative, rank=run.rank,
             world_size=run.world_size, mask_updater=updater,
         )
-        return Begun(self, run, model, mask, handle, job)
+        return Begun(self, run, model, mask, handle, job, started_ms)
 
     def finish(self, begun: "Begun", result) -> dict:
         """After training: final.pt, metrics.json (flushed to disk), then DONE and the results row."""
@@ -279,9 +296,11 @@ class TrainingStage(Stage):
             **self.row_fields(run, model, mask),  # e.g. a structured method's own density
             **{k: v for k, v in result.summary().items() if k != "final_step"},
         }
+        times = {"start_ms": begun.started_ms, "end_ms": now_ms()}  # this attempt's training, for MLflow's run times
         if run.is_main:
             atomic_torch_save(files["final.pt"], {k: v.cpu() for k, v in model.state_dict().items()}, durable=False)
-            record, written = {"row": row, "history": result.history}, [files["mask.pt"], files["final.pt"]]
+            record = {"row": row, "history": result.history, "times": times}
+            written = [files["mask.pt"], files["final.pt"]]
             if updater is not None:  # mask.pt stays the mask training started from; a restart needs it
                 record["mask_updates"] = updater.history
                 mask.save(files["final_mask.pt"])
@@ -291,8 +310,12 @@ class TrainingStage(Stage):
             files[DONE].touch()
             files["checkpoint.pt"].unlink(missing_ok=True)
             record_row(run.layout, row)
+        for point in result.history:  # points streamed before a kill may be lost; the handle sends only the rest
+            handle.log_metrics({k: v for k, v in point.items() if k != "step" and v is not None}, step=point["step"])
         handle.log_metrics(summary_metrics(row))
-        handle.finish()
+        if row["collapsed"]:
+            handle.set_tags({"collapsed": ", ".join(row["collapsed"])})
+        handle.finish("FINISHED", times["end_ms"])
         return row
 
 
@@ -306,3 +329,4 @@ class Begun:
     mask: Mask
     handle: object
     job: TrainJob
+    started_ms: Optional[int] = None  # when training began, for the MLflow run's start time

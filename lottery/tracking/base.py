@@ -32,7 +32,7 @@ class RunHandle:
     def set_tags(self, tags: dict[str, str]) -> None:
         pass
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def finish(self, status: str = "FINISHED", end_ms: Optional[int] = None) -> None:
         pass
 
 
@@ -46,8 +46,19 @@ class Tracker:
         """The run of the whole run directory; `passive`: another process owns it (its status is left alone)."""
         return RunHandle()
 
-    def child(self, key: str, name: str, params: dict[str, Any]) -> RunHandle:
+    def child(self, key: str, name: str, params: dict[str, Any], tags: Optional[dict[str, str]] = None,
+              start_ms: Optional[int] = None) -> RunHandle:
         return RunHandle()
+
+    def is_complete(self, key: str) -> bool:
+        return True
+
+    def replay(self, key: str, name: str, params: dict[str, Any], tags: dict[str, str], history: list[dict],
+               summary: dict[str, float], start_ms: Optional[int], end_ms: Optional[int]) -> None:
+        """Make the store hold a finished stage's run, as its run directory does (MlflowTracker)."""
+
+    def ui_url(self) -> Optional[str]:
+        return None
 
     def flush(self) -> None:
         """Persist run ids now, so other workers can find the parent run."""
@@ -67,13 +78,28 @@ SUMMARY_METRICS = {
     "best_test_acc": "max_test_acc",
     "density": "density",
     "compression": "compression",
+    "wall_seconds": "wall_seconds",
 }
 
 
 def summary_metrics(row: dict) -> dict[str, float]:
-    """The MLflow summary metrics of a results row (keys it does not have are left out)."""
-    return {name: row[key] for key, name in SUMMARY_METRICS.items() if row.get(key) is not None}
+    """Everything numeric in a results row, as MLflow metrics: the summary, the number of collapsed layers and
+    one `layer_density/<layer>` per prunable layer (keys the row does not have are left out)."""
+    from lottery.tracking.schema import metric_name
+
+    metrics = {name: row[key] for key, name in SUMMARY_METRICS.items() if row.get(key) is not None}
+    if isinstance(row.get("collapsed"), list):
+        metrics["collapsed_layers"] = len(row["collapsed"])
+    for layer, density in (row.get("layers") or {}).items():
+        metrics[f"layer_density/{metric_name(layer)}"] = density
+    return metrics
 
 
 def run_tags(config, command: str) -> dict[str, str]:
-    return {"exp": config.exp, "config_hash": config_hash(config), "seed": str(config.seed), "command": command}
+    """The tags of a run directory's parent run: what it is, and its description for the UI."""
+    from lottery.tracking.schema import DESCRIPTION_TAG
+
+    description = (f"Seed {config.seed} of experiment {config.exp} (config {config_hash(config)}): the IMP levels, "
+                   f"baselines and branches of this seed are its child runs. First command: `{command}`")
+    return {"exp": config.exp, "config_hash": config_hash(config), "seed": str(config.seed), "command": command,
+            "kind": "seed", DESCRIPTION_TAG: description}

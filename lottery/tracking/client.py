@@ -28,8 +28,9 @@ from typing import Any, Optional
 
 from lottery.config import config_hash
 from lottery.tracking.base import RunHandle, Tracker
-from lottery.tracking.protocol import (CLOSE_TIMEOUT_SECONDS, HTTP_DEFAULTS, METRIC_UPLOAD_SECONDS, PARAM_VALUE_LIMIT,
-                                       PARENT_KEY, SERVE, resolve_uri)
+from lottery.tracking.protocol import (CLOSE_TIMEOUT_SECONDS, COMMANDS_TAG, HTTP_DEFAULTS, METRIC_UPLOAD_SECONDS,
+                                       PARAM_VALUE_LIMIT, PARENT_KEY, SERVE, complete_keys, now_ms, resolve_uri,
+                                       runs_table_url)
 
 # One logger name for both halves of tracking, so users filter a single "lottery.tracking".
 logger = logging.getLogger("lottery.tracking")
@@ -67,14 +68,18 @@ class MlflowRunHandle(RunHandle):
         self.run_id: Optional[str] = None  # filled in when the tracking process reports the run
         self.finished = False
         self._pending: list[tuple[str, float, int, int]] = []  # (key, value, step, ms timestamp)
+        self._sent: set[tuple[str, int, float]] = set()  # points already sent: a replayed history sends only new ones
         self._uploaded_at = time.monotonic()
 
     def log_params(self, params: dict[str, Any]) -> None:
         self.tracker._send("params", self.key, flat_params(params))
 
     def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
-        stamp = int(time.time() * 1000)
-        self._pending += [(key, value, int(step or 0), stamp) for key, value in metric_values(metrics).items()]
+        stamp, step = now_ms(), int(step or 0)
+        for key, value in metric_values(metrics).items():
+            if (key, step, value) not in self._sent:
+                self._sent.add((key, step, value))
+                self._pending.append((key, value, step, stamp))
         if self.finished or time.monotonic() - self._uploaded_at >= METRIC_UPLOAD_SECONDS:
             self.upload_metrics()
 
@@ -98,12 +103,13 @@ class MlflowRunHandle(RunHandle):
     def set_tags(self, tags: dict[str, str]) -> None:
         self.tracker._send("tags", self.key, {key: str(value) for key, value in tags.items()})
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def finish(self, status: str = "FINISHED", end_ms: Optional[int] = None) -> None:
+        """End the run at `end_ms` (default now): the time its work ended, not when MLflow hears of it."""
         self.tracker._open.pop(self.key, None)
         self.upload_metrics()
         if not self.finished:
             self.finished = True
-            self.tracker._send("finish", self.key, status)
+            self.tracker._send("finish", self.key, status, end_ms or now_ms())
 
 
 class MlflowTracker(Tracker):
@@ -119,6 +125,8 @@ class MlflowTracker(Tracker):
         self.experiment = config.track.experiment or config.exp
         self.error: Optional[str] = None
         self.reattached: list[str] = []
+        self.experiment_id: Optional[str] = None  # filled in when the tracking process has opened the store
+        self._complete = complete_keys(self.run_dir, self.uri, self.experiment)
         self._parent: Optional[MlflowRunHandle] = None
         self._parent_passive = False  # a worker's view of a parent another process owns: never finished here
         self._handles: dict[str, MlflowRunHandle] = {}
@@ -139,18 +147,44 @@ class MlflowTracker(Tracker):
         if self._parent is None:
             base = {"exp": self.config.exp, "config_hash": config_hash(self.config), "seed": str(self.config.seed),
                     "command": self.command, "run_dir": str(self.run_dir.resolve())}
+            if not passive:  # the server appends it to the run's list of commands
+                base[COMMANDS_TAG] = f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {self.command}"
             self._parent = self._handle(PARENT_KEY)
             self._parent_passive = passive
-            self._send("attach", PARENT_KEY, name, {**base, **tags}, flat_params(params), None, passive)
+            self._send("attach", PARENT_KEY, name, {**base, **tags}, flat_params(params), None, passive, now_ms())
         return self._parent
 
-    def child(self, key: str, name: str, params: dict[str, Any]) -> RunHandle:
+    def child(self, key: str, name: str, params: dict[str, Any], tags: Optional[dict[str, str]] = None,
+              start_ms: Optional[int] = None) -> RunHandle:
+        """The key's run below the parent: created at `start_ms` (default now, when its training starts)."""
         if key not in self._open:
             tags = {"key": key, "exp": self.config.exp, "config_hash": config_hash(self.config),
-                    "seed": str(self.config.seed)}
+                    "seed": str(self.config.seed), "command": self.command, **(tags or {})}
             self._open[key] = self._handle(key)
-            self._send("attach", key, name, tags, flat_params(params), PARENT_KEY if self._parent else None)
+            self._send("attach", key, name, tags, flat_params(params), PARENT_KEY if self._parent else None, False,
+                       start_ms or now_ms())
         return self._open[key]
+
+    def is_complete(self, key: str) -> bool:
+        """Whether the store holds the key's finished run with every point (tracking.json says so)."""
+        return key in self._complete
+
+    def replay(self, key: str, name: str, params: dict[str, Any], tags: dict[str, str], history: list[dict],
+               summary: dict[str, float], start_ms: Optional[int], end_ms: Optional[int]) -> None:
+        """Make the store hold a finished stage as its run directory does: its run (created if a kill lost it),
+        every point of its history and its summary, finished at the time its training ended. Points the store
+        already has are not logged again, so a replay after a partial upload fills exactly the gaps."""
+        if self.is_complete(key) or self.degraded:
+            return
+        handle = self.child(key, name, params, tags, start_ms)
+        for record in history:
+            handle.log_metrics({k: v for k, v in record.items() if k != "step" and v is not None}, step=record["step"])
+        handle.log_metrics(summary)
+        handle.finish("FINISHED", end_ms)
+
+    def ui_url(self) -> Optional[str]:
+        """The MLflow UI's runs table of this experiment (the UI opens on its GenAI page otherwise)."""
+        return runs_table_url(self.uri, self.experiment_id) if self.experiment_id else None
 
     def flush(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> bool:
         """Send buffered metrics and wait until MLflow has everything sent so far (or tracking failed)."""
@@ -243,7 +277,9 @@ class MlflowTracker(Tracker):
                 if not self._closed:
                     self._fail("the tracking process exited")
                 break
-            if kind == "attached":
+            if kind == "opened":
+                self.experiment_id = args[0]
+            elif kind == "attached":
                 key, run_id, reattached = args
                 self._handles[key].run_id = run_id
                 if reattached:

@@ -18,8 +18,8 @@ from typing import Optional
 
 from lottery.run.files import atomic_write_text
 from lottery.run.locks import FileLock
-from lottery.tracking.protocol import (IDS_FILE, METRICS_PER_BATCH, PARAMS_PER_BATCH, PARENT_KEY, TAG_VALUE_LIMIT,
-                                       sqlite_path)
+from lottery.tracking.protocol import (COMMANDS_TAG, COMPLETE, IDS_FILE, METRICS_PER_BATCH, PARAMS_PER_BATCH,
+                                       PARENT_KEY, TAG_VALUE_LIMIT, sqlite_path)
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,17 @@ def git_state(directory: Path) -> dict[str, str]:
     if status.returncode == 0:
         state["git_dirty"] = str(bool(status.stdout.strip())).lower()
     return state
+
+
+def standard_tags() -> dict[str, str]:
+    """MLflow's user and source fields, which the UI shows in its runs table."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return {"mlflow.user": user, "mlflow.source.name": "lottery", "mlflow.source.type": "LOCAL"}
 
 
 def serve(inbox_fd: int, outbox_fd: int) -> None:
@@ -89,7 +100,8 @@ def failure_reason(error: BaseException) -> str:
 class _Store:
     """The MLflow side: one client, the experiment, run ids by key, metric steps already stored.
 
-    <run_dir>/tracking.json holds {uri: {experiment: {"experiment_id": ..., "runs": {key: run_id}}}}.
+    <run_dir>/tracking.json holds {uri: {experiment: {"experiment_id": ..., "runs": {key: run_id},
+    "complete": [key, ...]}}}: the stage runs known to hold every point of their stage's record.
     """
 
     def __init__(self, uri: str, experiment: str, run_dir: str, outbox: Connection):
@@ -100,9 +112,12 @@ class _Store:
         self.client, self.uri, self.outbox = MlflowClient(tracking_uri=uri), uri, outbox
         self.experiment_id = self._experiment(experiment)
         self.runs: dict[str, str] = {}
-        self.stored_steps: dict[str, dict[str, int]] = {}  # per key: metric -> last step MLflow already has
+        self.stored: dict[str, set] = {}  # per key: the (metric, step, value) points MLflow already has
+        self.was_finished: set[str] = set()  # keys whose run was FINISHED when this process re-attached to it
+        self.changed: set[str] = set()  # keys this process logged new points or created child runs for
         self.ids_path, self.experiment = Path(run_dir) / IDS_FILE, experiment
         self.saved = self._entry(self._read_ids())
+        outbox.send(("opened", self.experiment_id))
 
     def _read_ids(self) -> dict:
         try:
@@ -115,7 +130,7 @@ class _Store:
     def _entry(self, ids: dict) -> dict:
         return ids.setdefault(self.uri, {}).setdefault(self.experiment, {"experiment_id": None, "runs": {}})
 
-    def _find_or_create(self, key: str, name: str, tags: dict):
+    def _find_or_create(self, key: str, name: str, tags: dict, start_ms: Optional[int]):
         """(run, created): the key's run from tracking.json, or a new one recorded there. Under the ids lock, so
         processes sharing a run directory (workers, concurrent launches) never create the same run twice."""
         with FileLock(self.ids_path.parent / f".{IDS_FILE}.lock"):
@@ -124,8 +139,10 @@ class _Store:
             run = self._existing_run(self.saved["runs"].get(key))
             if run is not None:
                 return run, False
-            run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+            run = self.client.create_run(self.experiment_id, start_time=start_ms, run_name=name, tags=tags)
             self.saved["experiment_id"], self.saved["runs"][key] = self.experiment_id, run.info.run_id
+            if key in self.saved.get(COMPLETE, []):  # its old run is gone: the new one is not complete yet
+                self.saved[COMPLETE].remove(key)
             self.ids_path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.ids_path, json.dumps(ids, indent=2) + "\n")
             return run, True
@@ -148,25 +165,34 @@ class _Store:
         return experiment.experiment_id
 
     def attach(self, key: str, name: str, tags: dict, params: dict, parent_key: Optional[str],
-               passive: bool = False) -> None:
-        """Re-attach to the key's run in tracking.json, or create it; then log tags and new params.
-        `passive`: another process owns the run, so its status is left as it is."""
+               passive: bool = False, start_ms: Optional[int] = None) -> None:
+        """Re-attach to the key's run in tracking.json, or create it (starting at `start_ms`); then log tags and
+        new params. `passive`: another process owns the run, so its status is left as it is. A FINISHED run
+        stays FINISHED, with its times, unless this process adds to it (see finish)."""
         if parent_key in self.runs:
             tags = {**tags, "mlflow.parentRunId": self.runs[parent_key]}
+            self.changed.add(parent_key)
         if key == PARENT_KEY:  # here, not in training: two git calls cost the first level ~9 ms
             tags = {**git_state(Path(__file__).resolve().parent), **tags}
-        tags = {k: str(v)[:TAG_VALUE_LIMIT] for k, v in tags.items()}
-        run, created = self._find_or_create(key, name, tags)
+        tags = {**standard_tags(), **{k: str(v)[:TAG_VALUE_LIMIT] for k, v in tags.items()}}
+        run, created = self._find_or_create(key, name, tags, start_ms)
         if created:
             self.runs[key] = run.info.run_id
             self.params(key, params)
             self.outbox.send(("attached", key, run.info.run_id, False))
             return
         run_id = self.runs[key] = run.info.run_id
-        if not passive and (run.info.status != "FINISHED" or key == PARENT_KEY):
+        if run.info.status == "FINISHED":
+            self.was_finished.add(key)
+        elif not passive:
             self.client.update_run(run_id, status="RUNNING")
-        self.stored_steps[key] = {metric: max(m.step for m in self.client.get_metric_history(run_id, metric))
-                                  for metric in run.data.metrics}
+        self.stored[key] = {(metric, m.step, m.value) for metric in run.data.metrics
+                            for m in self.client.get_metric_history(run_id, metric)}
+        if COMMANDS_TAG in tags and COMMANDS_TAG in run.data.tags:  # the list of commands grows, newest last
+            lines = (run.data.tags[COMMANDS_TAG] + "\n" + tags[COMMANDS_TAG]).splitlines()
+            while len("\n".join(lines)) > TAG_VALUE_LIMIT:
+                lines.pop(0)
+            self.tags(key, {COMMANDS_TAG: "\n".join(lines)})
         # A run keeps its identity: re-attaching adds missing tags, never rewrites stored ones.
         # Params are immutable in MLflow: the missing ones are logged, changed ones become tags.
         stored = run.data.params
@@ -206,9 +232,13 @@ class _Store:
     def points(self, key: str, points: list[tuple[str, float, int, int]]) -> None:
         from mlflow.entities import Metric
 
-        stored = self.stored_steps.get(key, {})  # a resumed run replays points MLflow already has
-        fresh = [Metric(name, value, stamp, step) for name, value, step, stamp in points if step > stored.get(name, -1)]
+        stored = self.stored.setdefault(key, set())  # a resumed or replayed run sends points MLflow already has
+        fresh = [Metric(name, value, stamp, step) for name, value, step, stamp in points
+                 if (name, step, value) not in stored]
         self._batch(key, "metrics", fresh, METRICS_PER_BATCH)
+        stored.update((metric.key, metric.step, metric.value) for metric in fresh)
+        if fresh:
+            self.changed.add(key)
 
     def artifact(self, key: str, path: str, artifact_path: Optional[str]) -> None:
         log = self.client.log_artifacts if Path(path).is_dir() else self.client.log_artifact
@@ -220,5 +250,15 @@ class _Store:
             path.write_bytes(data)
             self.client.log_artifact(self.runs[key], str(path), str(Path(name).parent) if "/" in name else None)
 
-    def finish(self, key: str, status: str) -> None:
-        self.client.set_terminated(self.runs[key], status)
+    def finish(self, key: str, status: str, end_ms: Optional[int] = None) -> None:
+        """End the run at `end_ms`. A run that was already FINISHED and got nothing new keeps its end time, so
+        re-running a finished command does not stretch it. A finished stage run is marked complete in
+        tracking.json: it holds every point, and a later resume need not replay it."""
+        if not (key in self.was_finished and key not in self.changed and status == "FINISHED"):
+            self.client.set_terminated(self.runs[key], status, end_time=end_ms)
+        if status == "FINISHED" and key != PARENT_KEY:
+            with FileLock(self.ids_path.parent / f".{IDS_FILE}.lock"):
+                ids = self._read_ids()
+                entry = self._entry(ids)
+                entry[COMPLETE] = sorted({*entry.get(COMPLETE, []), key})
+                atomic_write_text(self.ids_path, json.dumps(ids, indent=2) + "\n")

@@ -19,9 +19,6 @@ from typing import Optional
 
 logger = logging.getLogger(__name__)
 
-STAGE_PARAMS = ("level", "method", "at", "branch", "density", "compression")
-
-
 @dataclass
 class SyncOutcome:
     uri: str
@@ -64,6 +61,7 @@ def sync_run(run_dir: Path, overrides: list[str] | tuple = (), command: str = "l
     from lottery.tracking.base import run_tags, summary_metrics
     from lottery.tracking.client import MlflowTracker
     from lottery.tracking.protocol import resolve_uri
+    from lottery.tracking.schema import matched_level, seed_run_name, stage_run
 
     run_dir = Path(run_dir)
     config = read_config(run_dir)
@@ -80,14 +78,19 @@ def sync_run(run_dir: Path, overrides: list[str] | tuple = (), command: str = "l
         if not force and synced.get(uri, {}).get(experiment) == current:
             return SyncOutcome(uri, experiment, None, len(stages), None, unchanged=True)
         tracker = MlflowTracker(config, run_dir, command=command, warn_on_failure=False)
-        parent = tracker.parent(config.exp, {**run_tags(config, command), "synced": "true"}, flatten(config))
-        for stage in stages:
-            params = {k: stage.row[k] for k in STAGE_PARAMS if stage.row.get(k) is not None}
-            handle = tracker.child(stage.key, stage.ref.run_name, params)
+        parent = tracker.parent(seed_run_name(config.seed), {**run_tags(config, command), "synced": "true"},
+                                flatten(config))
+        levels = sorted((s.row["level"], s.row["density"]) for s in stages if s.ref.kind == "level")
+        level_densities = [density for level, density in levels if level >= 1]
+        for stage in stages:  # every point, whatever MLflow already has: the store dedups, so gaps get filled
+            density = stage.row["density"]
+            level = matched_level(density, level_densities) if stage.ref.kind == "baseline" else None
+            name, params, tags = stage_run(stage.ref, density, config.seed, config.exp, command, level)
+            handle = tracker.child(stage.key, name, params, tags, stage.times.get("start_ms"))
             for record in stage.history:  # buffered by the handle: one batch per stage
                 handle.log_metrics({k: v for k, v in record.items() if k != "step"}, step=record["step"])
             handle.log_metrics(summary_metrics(stage.row))
-            handle.finish("FINISHED")
+            handle.finish("FINISHED", stage.times.get("end_ms"))
         publish(layout, tracker, parent)
         tracker.close("FINISHED")
         if tracker.error is None:

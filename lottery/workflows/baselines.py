@@ -122,8 +122,10 @@ class BaselineStage(TrainingStage):
     def fields(self) -> dict:
         return {"level": None, "method": self.method, "at": self.at}
 
-    def params(self, mask: Mask) -> dict:
-        return {"method": self.method, "density": self.density, "at": self.at}
+    def matched_level(self, run: RunContext) -> Optional[int]:
+        from lottery.tracking.schema import matched_level
+
+        return matched_level(self.density, ticket_densities(run.config, run.new_model()))
 
 
 @dataclass(frozen=True)

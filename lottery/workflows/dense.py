@@ -34,9 +34,6 @@ class DenseStage(TrainingStage):
     def fields(self) -> dict:
         return {"level": "dense"}
 
-    def params(self, mask: Mask) -> dict:
-        return {"density": 1.0}
-
 
 def run_dense(config: Config, command: str = "lottery train") -> dict:
     from lottery.report.tables import level_table

@@ -116,10 +116,6 @@ class LevelStage(TrainingStage):
     def fields(self) -> dict:
         return {"level": self.level}
 
-    def params(self, mask: Mask) -> dict:
-        from lottery.pruning.collapse import compression_of
-
-        return {"level": self.level, "density": mask.density(), "compression": compression_of(mask.density())}
 
 
 def ticket_stages(config: Config) -> list[Stage]:
