@@ -101,3 +101,21 @@ def test_an_untracked_search_leaves_its_trials_untracked(tmp_path):
     run_search(make_request(tmp_path, trials=2), fake.as_runner())
     assert [call["config"].track.enabled for call in fake.calls] == [False, False]
     assert [call["parent_tags"] for call in fake.calls] == [{}, {}]
+
+
+def test_a_resumed_search_extends_its_series_and_nests_each_trial_by_its_run_id(tmp_path, sqlite_uri):
+    fake = FakeRunner()
+    settings = tracked(sqlite_uri, "resumed")
+    run_search(make_request(tmp_path, trials=2, **settings), fake.as_runner())
+    run_search(make_request(tmp_path, trials=3, **settings), fake.as_runner())
+    client = MlflowClient(sqlite_uri)
+    runs = all_runs(client, "resumed")
+    [search] = [run for run in runs if run.data.tags.get("kind") == "search"]
+    trials = {run.info.run_name: run for run in children(runs, search)}
+    assert [call["parent_tags"] for call in fake.calls] == \
+        [{"mlflow.parentRunId": trials[f"trial {n}"].info.run_id} for n in range(3)]
+    assert all(call["config"].track.enabled for call in fake.calls)
+    # One point per search command, at the number of finished trials it saw.
+    for key in ("best_val_accuracy", "trials_complete"):
+        assert [m.step for m in client.get_metric_history(search.info.run_id, key)] == [2, 3]
+    assert [m.value for m in client.get_metric_history(search.info.run_id, "trials_complete")] == [2, 3]
