@@ -32,7 +32,7 @@ from lottery.search.objective import (check_selection, directions, is_last_level
                                       row_value, scored_row, selection, trial_values, uses_target)
 from lottery.search.request import Runner, SearchOutcome, SearchRequest, baselines_runner, ticket_runner
 from lottery.search.space import Param, sample
-from lottery.search.storage import engine_settings, open_search_tracking, redacted, worker_id
+from lottery.search.storage import engine_settings, open_search_tracking, redacted, trial_note, worker_id
 
 logger = logging.getLogger(__name__)
 
@@ -253,13 +253,6 @@ class TrialObjective:
         study.enqueue_trial(dict(self.current.params), user_attrs={"resumes_trial": self.current.number})
         logger.info("trial %d interrupted; its params are queued, so the next `lottery search` on study %r "
                     "resumes it", self.current.number, self.request.name)
-
-
-def trial_note(study: str, number: int, values: dict, run_dir: Path) -> str:
-    """The trial run's MLflow description (Markdown): what was sampled and where the run directory is."""
-    sampled = [f"- `{key}` = `{value}`" for key, value in values.items()] or ["- none (only fixed keys)"]
-    return "\n".join([f"Optuna trial {number} of study `{study}`.", "", "Sampled parameters:", *sampled, "",
-                      f"Run directory: `{run_dir.resolve()}`"])
 
 
 def work(study: optuna.Study, objective: TrialObjective, trials: int, poll_seconds: float) -> None:
