@@ -34,9 +34,9 @@ class FakeRunner:
         self.fail_on = fail_on or {}
         self.calls: list[dict] = []  # per call: the config and the levels it reached
 
-    def run(self, config, on_row) -> None:
+    def run(self, config, on_row, parent_tags=None) -> None:
         call = len(self.calls)
-        record = {"config": config, "levels": []}
+        record = {"config": config, "levels": [], "parent_tags": parent_tags}
         self.calls.append(record)
         if call in self.fail_on:
             raise self.fail_on[call]

@@ -76,11 +76,14 @@ def test_the_search_is_a_parent_mlflow_run_with_a_child_per_trial(tmp_path):
     children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     study = optuna.load_study(study_name=request.name, storage=request.storage)
     by_trial = {int(run.data.tags["optuna_trial"]): run for run in children}
-    assert sorted(by_trial) == [0, 1] and len(runs) == 3  # the trials' own runs are not tracked separately
+    assert sorted(by_trial) == [0, 1]
     for trial in study.get_trials():
         child = by_trial[trial.number]
         assert float(child.data.params["prune.fraction"]) == pytest.approx(trial.params["prune.fraction"])
-        assert child.data.metrics["val_accuracy"] == pytest.approx(trial.value)
+        assert child.data.metrics["objective/val_accuracy"] == pytest.approx(trial.value)
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        [directory_run] = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == child.info.run_id]
+        assert directory_run.data.tags["run_dir"] == trial.user_attrs["run_dir"]  # the trial's run is tracked
         assert {"final_test_acc", "max_test_acc", "final_val_acc"} <= set(child.data.metrics)
         assert child.data.tags["selection"] == "validation"
         assert child.data.tags["state"] == "COMPLETE" and child.info.status == "FINISHED"

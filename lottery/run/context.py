@@ -151,9 +151,9 @@ def close_run(run: RunContext, status: str, announce: bool = True) -> None:
 
 
 @contextmanager
-def open_run(config: Config, command: str, dataset=None, stages=()):
+def open_run(config: Config, command: str, dataset=None, stages=(), parent_tags: Optional[dict] = None):
     """attach_run, then close_run FINISHED (or FAILED on an exception) around a command's `stages`."""
-    run = attach_run(config, command, dataset, stages=stages)
+    run = attach_run(config, command, dataset, parent_tags=parent_tags, stages=stages)
     status = "FAILED"
     try:
         yield run

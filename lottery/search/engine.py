@@ -24,7 +24,7 @@ import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from lottery.config import Config, ConfigError, set_dotted
+from lottery.config import Config, ConfigError, config_hash, set_dotted
 from lottery.errors import LotteryError
 from lottery.run.files import write_json
 from lottery.run.layout import RunLayout
@@ -32,7 +32,7 @@ from lottery.search.objective import (check_selection, directions, is_last_level
                                       row_value, scored_row, selection, trial_values, uses_target)
 from lottery.search.request import Runner, SearchOutcome, SearchRequest, baselines_runner, ticket_runner
 from lottery.search.space import Param, sample
-from lottery.search.storage import engine_settings, open_search_tracking, redacted, worker_id
+from lottery.search.storage import engine_settings, open_search_tracking, redacted, trial_note, worker_id
 
 logger = logging.getLogger(__name__)
 
@@ -155,19 +155,23 @@ class TrialObjective:
         self._check_slot(trial)
         self.current = trial
         config, values = sample(self.request.space, self.config, lambda param: suggest(trial, param))
-        set_dotted(config, "track.enabled", False)  # the search tracks trials as children of its own run
+        # The trial's run directory is tracked like a plain run, nested under the trial's run (if the search tracks).
+        set_dotted(config, "track.enabled", bool(self.tracker.enabled and not self.tracker.degraded))
         run_dir = RunLayout.of(config).run_dir
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
         trial.set_user_attr("worker", worker_id())
         logger.info("trial %d: %s -> %s", trial.number, values, run_dir)
         handle = self.tracker.child(f"trial_{trial.number}", f"trial {trial.number}",
-                                    {**values, "trial": trial.number, "run_dir": str(run_dir)})
-        handle.set_tags({"optuna_study": self.request.name, "optuna_trial": str(trial.number),
-                         "selection": selection(self.config)})
+                                    {**values, "kind": "trial", "trial": trial.number, "run_dir": str(run_dir)})
+        # The tracker tags children with the search config's hash; a trial's is its own config's.
+        handle.set_tags({"kind": "trial", "optuna_study": self.request.name, "optuna_trial": str(trial.number),
+                         "selection": selection(self.config), "config_hash": config_hash(config),
+                         "mlflow.note.content": trial_note(self.request.name, trial.number, values, run_dir)})
         rows: list[dict] = []
         try:
             try:
-                self.runner.run(config, lambda row: self._on_row(trial, config, rows, row, handle))
+                self.runner.run(config, lambda row: self._on_row(trial, config, rows, row, handle),
+                                self._nesting(config, handle))
             except _TargetReached:
                 pass
             result = self._values(config, rows)
@@ -178,9 +182,18 @@ class TrialObjective:
             trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:1000])
             self._finish(handle, "FAIL", "FAILED")
             raise
-        handle.log_metrics(dict(zip(self.names, result)))
+        # Own keys: the per-level series of the same names already has a point at every level, step 0 included.
+        last = int(rows[-1].get("level") or 0) if rows else 0
+        handle.log_metrics({f"objective/{name}": value for name, value in zip(self.names, result)}, step=last)
         self._finish(handle, "COMPLETE", "FINISHED")
         return result if self.config.search.multi_objective else result[0]
+
+    def _nesting(self, config: Config, handle) -> dict:
+        """The run directory's parent-run tags: nested under the trial's run, whose id needs a flush to be known."""
+        if not config.track.enabled:
+            return {}
+        self.tracker.flush()
+        return {"mlflow.parentRunId": handle.run_id} if handle.run_id else {}
 
     def _check_slot(self, trial: optuna.Trial) -> None:
         """Exactly `--trials` finished trials: a trial is surplus if finished ones plus older running ones fill them."""
@@ -321,6 +334,8 @@ def save_results(study: optuna.Study, request: SearchRequest, parent) -> SearchO
     complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
     outcome = SearchOutcome(request.name, directory, study_counts(study))
     selected_on = selection(request.config)
+    # Series over the study's finished trials: a resumed search adds points instead of repeating step 0.
+    finished = outcome.counts["COMPLETE"] + outcome.counts["PRUNED"]
     write_json(directory / "trials.json", {"selection": selected_on,
                                            "trials": [trial_record(trial, names) for trial in trials]})
     files = [directory / "trials.json"]
@@ -328,7 +343,7 @@ def save_results(study: optuna.Study, request: SearchRequest, parent) -> SearchO
         outcome.best = trial_record(study.best_trial, names)
         write_json(directory / "best.json", {**outcome.best, "selection": selected_on})
         files.append(directory / "best.json")
-        parent.log_metrics({f"best_{names[0]}": study.best_value})
+        parent.log_metrics({f"best_{names[0]}": study.best_value}, step=finished)
     if complete and request.config.search.multi_objective:
         outcome.pareto = [trial_record(trial, names) for trial in study.best_trials]
         write_json(directory / "pareto.json", {"selection": selected_on, "pareto": outcome.pareto})
@@ -337,7 +352,8 @@ def save_results(study: optuna.Study, request: SearchRequest, parent) -> SearchO
         parent.log_artifact(path)
     for path in save_plots(study, request.config, directory / "plots", len(complete)):
         parent.log_artifact(path, "plots")
-    parent.log_metrics({f"trials_{state.lower()}": count for state, count in outcome.counts.items() if count})
+    parent.log_metrics({f"trials_{state.lower()}": count for state, count in outcome.counts.items() if count},
+                       step=finished)
     logger.info("study %r: %s", request.name, json.dumps({k: v for k, v in outcome.counts.items() if v}))
     return outcome
 

@@ -15,17 +15,18 @@ DEFAULT_STORAGE = "sqlite:///optuna.db"
 
 @dataclass(frozen=True)
 class Runner:
-    """How a trial config runs: `run(config, on_row)` calls on_row after each level; `history(config, row)`."""
+    """How a trial config runs: `run(config, on_row, parent_tags)` calls on_row after each level and puts
+    parent_tags on the run directory's MLflow run; `history(config, row)` is a level's evaluations."""
 
-    run: Callable[[Config, Callable[[dict], None]], object]
+    run: Callable[[Config, Callable[[dict], None], dict], object]
     history: Callable[[Config, dict], list[dict]]
 
 
 def ticket_runner(command: str) -> Runner:
     from lottery.workflows.ticket import run_ticket
 
-    def run(config: Config, on_row) -> None:
-        run_ticket(config, command, on_level=on_row)
+    def run(config: Config, on_row, parent_tags: dict) -> None:
+        run_ticket(config, command, on_level=on_row, parent_tags=parent_tags)
 
     def history(config: Config, row: dict) -> list[dict]:
         return read_json(RunLayout.of(config).level_dir(row["level"]) / "metrics.json", "stage record")["history"]
@@ -36,8 +37,9 @@ def ticket_runner(command: str) -> Runner:
 def baselines_runner(command: str) -> Runner:
     from lottery.workflows.baselines import run_baselines
 
-    def run(config: Config, on_row) -> None:
-        for row in run_baselines(config, [config.baseline.method], [config.baseline.density], "init", command):
+    def run(config: Config, on_row, parent_tags: dict) -> None:
+        for row in run_baselines(config, [config.baseline.method], [config.baseline.density], "init", command,
+                                 parent_tags):
             on_row(row)
 
     def history(config: Config, row: dict) -> list[dict]:

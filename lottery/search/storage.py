@@ -1,4 +1,5 @@
-"""What a search worker shares with the others: the database URL and the search's parent MLflow run.
+"""What a search worker shares with the others: the database URL and the search's parent MLflow run (and how
+its trial runs describe themselves).
 
 No Optuna here (lottery/search.py owns that): URL parsing, driver choice and redaction use
 SQLAlchemy only, and the parent run goes through the Tracker interface.
@@ -8,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+from pathlib import Path
 
 import sqlalchemy.exc
 from sqlalchemy.engine import make_url
@@ -64,3 +66,10 @@ def open_search_tracking(request: SearchRequest):
         parent = tracker.parent(f"search {request.name}", tags, params)
         tracker.flush()  # the parent's id must be on disk before the next worker reads it
     return tracker, parent
+
+
+def trial_note(study: str, number: int, values: dict, run_dir: Path) -> str:
+    """The trial run's MLflow description (Markdown): what was sampled and where the run directory is."""
+    sampled = [f"- `{key}` = `{value}`" for key, value in values.items()] or ["- none (only fixed keys)"]
+    return "\n".join([f"Optuna trial {number} of study `{study}`.", "", "Sampled parameters:", *sampled, "",
+                      f"Run directory: `{run_dir.resolve()}`"])

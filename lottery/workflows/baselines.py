@@ -293,7 +293,7 @@ def parse_densities(text: str | None, flag: str = "--densities") -> list[float] 
 
 
 def run_baselines(config: Config, methods: list[str], densities: list[float] | None = None, at: str = "init",
-                  command: str = "lottery baselines") -> list[dict]:
+                  command: str = "lottery baselines", parent_tags: dict | None = None) -> list[dict]:
     from lottery.report.tables import level_table
     from lottery.workflows.preflight import check_ticket
 
@@ -302,7 +302,7 @@ def run_baselines(config: Config, methods: list[str], densities: list[float] | N
     densities = densities or ticket_densities(config, make_model(config, dataset))
     starts = [InitStage()] + ([RewindStage()] if at == "rewind" else [])
     stages = [baseline_stage(config, method, density, at) for method in methods for density in densities]
-    with open_run(config, command, dataset, stages=[*starts, *stages]) as run:
+    with open_run(config, command, dataset, stages=[*starts, *stages], parent_tags=parent_tags) as run:
         for start in starts:
             run_stage(run, start)
         rows = [run_stage(run, stage) for stage in stages]

@@ -130,14 +130,16 @@ class TicketOutcome:
 
 
 def run_ticket(config: Config, command: str = "lottery ticket",
-               on_level: Optional[Callable[[dict], None]] = None) -> TicketOutcome:
-    """Run (or resume) IMP. `on_level(row)` is called after each level, e.g. to report to a search."""
+               on_level: Optional[Callable[[dict], None]] = None,
+               parent_tags: Optional[dict] = None) -> TicketOutcome:
+    """Run (or resume) IMP. `on_level(row)` is called after each level, e.g. to report to a search;
+    `parent_tags` go on the run directory's MLflow run (a search nests it under its trial's run)."""
     from lottery.report.tables import level_table
     from lottery.workflows.preflight import check_ticket
 
     dataset = check_ticket(config)  # everything is checked before anything is written
     stages = ticket_stages(config)
-    with open_run(config, command, dataset, stages=stages) as run:
+    with open_run(config, command, dataset, stages=stages, parent_tags=parent_tags) as run:
         outcome = TicketOutcome(run.run_dir)
         for stage in stages:
             result = run_stage(run, stage)
