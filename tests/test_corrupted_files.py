@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from lottery.cli import main
-from lottery.run.files import read_json
+from lottery.run.files import read_json, write_json
 from lottery.run.layout import RunLayout
 from lottery.config import load_config, replace
 from lottery.run.context import read_config
@@ -135,6 +135,18 @@ def test_a_damaged_summary_is_rebuilt_with_a_warning(name, how, copy, pristine, 
     else:  # this command's config, which differs from the pristine run's only in run.root
         assert read_config(run_dir) == replace(read_config(run_dir_of(pristine)), **{"run.root": str(copy)})
     assert main(["report", str(run_dir)]) == 0
+
+
+def test_a_row_a_kill_left_out_of_results_json_is_restored_from_the_stage_record(copy, pristine, capsys):
+    """A kill between a stage's DONE and its results row: the stage is finished, so the next run skips it, and
+    results.json gets its row back from metrics.json."""
+    run_dir = run_dir_of(copy)
+    stored = read_json(run_dir / "results.json")
+    stored["rows"] = [row for row in stored["rows"] if row["stage"] != "level_01"]
+    write_json(run_dir / "results.json", stored)  # intact, checksum and all: only the row is missing
+    code, err = ticket(copy, capsys)
+    assert code == 0, err
+    assert rows(run_dir) == rows(run_dir_of(pristine))
 
 
 def _kill_level_02_after_a_checkpoint(monkeypatch):

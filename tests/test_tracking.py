@@ -188,8 +188,8 @@ def test_a_ticket_is_mirrored_level_by_level_and_an_interrupted_one_resumes_into
                                                               "ticket.checkpoint_every": "10it"})
     log_metrics = MlflowRunHandle.log_metrics
 
-    def interrupt_level_1(handle, metrics, step=None):
-        log_metrics(handle, metrics, step)
+    def interrupt_level_1(handle, metrics, step=None, **rest):
+        log_metrics(handle, metrics, step, **rest)
         if handle.key == "level_01" and step == 10:
             raise KeyboardInterrupt  # Ctrl-C during level 1, after its first evaluation
 

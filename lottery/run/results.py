@@ -30,14 +30,24 @@ def read_rows(layout: RunLayout) -> list[dict]:
 
 
 def repair_results(layout: RunLayout) -> None:
-    """Write results.json again from the stages' records if it is damaged (a run calls this as it opens)."""
+    """Write results.json again from the stages' records if it is damaged, or lacks the row of a finished stage
+    (a kill between a stage's DONE and its row); a run calls this as it opens."""
     with FileLock(layout.lock_file("results")):
-        if not layout.results_file.exists():
+        finished = layout.stage_dirs()
+        if not layout.results_file.exists() and not finished:
             return
         try:
-            read_json(layout.results_file, "results file")
+            rows = read_json(layout.results_file, "results file").get("rows", []) \
+                if layout.results_file.exists() else []
         except CorruptFileError:
             write_json(layout.results_file, {"rows": read_rows(layout)}, durable=False)
+            return
+        present = {row.get("stage") for row in rows if isinstance(row, dict)}
+        missing = [directory for ref, directory in finished if ref.key not in present]
+        if missing:
+            logger.info("results.json: adding the rows of %d finished stage(s) a kill left out", len(missing))
+            rows = [*rows, *(read_json(d / "metrics.json", "stage record")["row"] for d in missing)]
+            write_json(layout.results_file, {"rows": sorted(rows, key=_order)}, durable=False)
 
 
 def _stage_rows(layout: RunLayout) -> list[dict]:

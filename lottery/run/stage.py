@@ -28,7 +28,7 @@ from lottery.run.files import atomic_torch_save, fsync_paths, read_json, verify_
 from lottery.run.layout import DONE, RunLayout, StageRef
 from lottery.run.locks import FileLock
 from lottery.run.results import record_row
-from lottery.tracking.base import summary_metrics
+from lottery.tracking.base import log_history, summary_metrics
 from lottery.tracking.protocol import now_ms
 from lottery.tracking.schema import stage_run
 from lottery.training.loop import TrainJob, train
@@ -310,8 +310,9 @@ class TrainingStage(Stage):
             files[DONE].touch()
             files["checkpoint.pt"].unlink(missing_ok=True)
             record_row(run.layout, row)
-        for point in result.history:  # points streamed before a kill may be lost; the handle sends only the rest
-            handle.log_metrics({k: v for k, v in point.items() if k != "step" and v is not None}, step=point["step"])
+        # Points streamed before a kill may be lost: the whole history again, of which the handle sends the rest.
+        log_history(handle, result.history, begun.started_ms, times["end_ms"], begun.job.start_step,
+                    begun.job.end_step)
         handle.log_metrics(summary_metrics(row))
         if row["collapsed"]:
             handle.set_tags({"collapsed": ", ".join(row["collapsed"])})

@@ -20,8 +20,9 @@ class RunHandle:
     def log_params(self, params: dict[str, Any]) -> None:
         pass
 
-    def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
-        pass
+    def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None,
+                    timestamp_ms: Optional[int] = None) -> None:
+        """`timestamp_ms`: when the point was measured, for points logged after the fact (default now)."""
 
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
         pass
@@ -93,6 +94,23 @@ def summary_metrics(row: dict) -> dict[str, float]:
     for layer, density in (row.get("layers") or {}).items():
         metrics[f"layer_density/{metric_name(layer)}"] = density
     return metrics
+
+
+def log_history(handle, history: list[dict], start_ms: Optional[int], end_ms: Optional[int],
+                start_step: Optional[int] = None, end_step: Optional[int] = None) -> None:
+    """A stage's evaluation records, as MLflow points at their steps. Points logged after the fact (filling what a
+    kill lost) get a time interpolated over the training that produced them, so every series stays in step order
+    by time too; the handle and the store skip the points they already have."""
+    steps = [record["step"] for record in history]
+    if not steps:
+        return
+    first = start_step if start_step is not None else steps[0]
+    last = end_step if end_step is not None else steps[-1]
+    per_step = (end_ms - start_ms) / max(1, last - first) if start_ms and end_ms else None
+    for record in history:
+        stamp = int(start_ms + (record["step"] - first) * per_step) if per_step is not None else None
+        handle.log_metrics({k: v for k, v in record.items() if k != "step" and v is not None}, step=record["step"],
+                           timestamp_ms=stamp)
 
 
 def run_tags(config, command: str) -> dict[str, str]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lottery.config import config_hash
-from lottery.tracking.base import RunHandle, Tracker
+from lottery.tracking.base import RunHandle, Tracker, log_history
 from lottery.tracking.protocol import (CLOSE_TIMEOUT_SECONDS, COMMANDS_TAG, HTTP_DEFAULTS, METRIC_UPLOAD_SECONDS,
                                        PARAM_VALUE_LIMIT, PARENT_KEY, SERVE, complete_keys, now_ms, resolve_uri,
                                        runs_table_url)
@@ -74,8 +74,9 @@ class MlflowRunHandle(RunHandle):
     def log_params(self, params: dict[str, Any]) -> None:
         self.tracker._send("params", self.key, flat_params(params))
 
-    def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
-        stamp, step = now_ms(), int(step or 0)
+    def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None,
+                    timestamp_ms: Optional[int] = None) -> None:
+        stamp, step = timestamp_ms or now_ms(), int(step or 0)
         for key, value in metric_values(metrics).items():
             if (key, step, value) not in self._sent:
                 self._sent.add((key, step, value))
@@ -177,8 +178,7 @@ class MlflowTracker(Tracker):
         if self.is_complete(key) or self.degraded:
             return
         handle = self.child(key, name, params, tags, start_ms)
-        for record in history:
-            handle.log_metrics({k: v for k, v in record.items() if k != "step" and v is not None}, step=record["step"])
+        log_history(handle, history, start_ms, end_ms)
         handle.log_metrics(summary)
         handle.finish("FINISHED", end_ms)
 

@@ -58,7 +58,7 @@ def sync_run(run_dir: Path, overrides: list[str] | tuple = (), command: str = "l
     from lottery.run.files import write_json
     from lottery.run.layout import RunLayout
     from lottery.run.locks import FileLock
-    from lottery.tracking.base import run_tags, summary_metrics
+    from lottery.tracking.base import log_history, run_tags, summary_metrics
     from lottery.tracking.client import MlflowTracker
     from lottery.tracking.protocol import resolve_uri
     from lottery.tracking.schema import matched_level, seed_run_name, stage_run
@@ -87,8 +87,7 @@ def sync_run(run_dir: Path, overrides: list[str] | tuple = (), command: str = "l
             level = matched_level(density, level_densities) if stage.ref.kind == "baseline" else None
             name, params, tags = stage_run(stage.ref, density, config.seed, config.exp, command, level)
             handle = tracker.child(stage.key, name, params, tags, stage.times.get("start_ms"))
-            for record in stage.history:  # buffered by the handle: one batch per stage
-                handle.log_metrics({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+            log_history(handle, stage.history, stage.times.get("start_ms"), stage.times.get("end_ms"))
             handle.log_metrics(summary_metrics(stage.row))
             handle.finish("FINISHED", stage.times.get("end_ms"))
         publish(layout, tracker, parent)
