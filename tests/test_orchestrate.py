@@ -21,6 +21,7 @@ from lottery.config import to_dict
 from lottery.errors import StagesFailedError
 from lottery.orchestrate.experiment import parse_seeds, plan, run_experiment
 from lottery.orchestrate.graph import Node
+from lottery.run.files import read_json
 from lottery.run.layout import RunLayout
 from lottery.workflows.baselines import BaselineStage
 from lottery.workflows.ticket import InitStage, LevelStage, RewindStage
