@@ -4,9 +4,13 @@ data.download is on by default, so a test that loads a public dataset from an em
 real download. torchvision's dataset classes take their mirror URLs from class attributes; for the whole
 session they point at a port of 127.0.0.1 that is bound but never listens, so a download attempt fails at
 once with "connection refused".
+
+The `ray` fixture is what every Ray test takes: Ray, shut down after the test; a skip where it is not installed,
+a failure where LOTTERY_REQUIRE_RAY=1 (.ci/run), so CI never passes by skipping them.
 """
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -31,3 +35,15 @@ def offline_dataset_mirrors(refused_url):
         patch.setattr(getattr(datasets, name), "url", f"{refused_url}{name.lower()}-python.tar.gz")
     yield refused_url
     patch.undo()
+
+
+@pytest.fixture
+def ray():
+    try:
+        import ray
+    except ImportError as error:
+        if os.environ.get("LOTTERY_REQUIRE_RAY") == "1":
+            pytest.fail(f"LOTTERY_REQUIRE_RAY=1 but Ray cannot be imported ({error})")
+        pytest.skip(f"Ray is not installed ({error})")
+    yield ray
+    ray.shutdown()

@@ -1,11 +1,11 @@
 """The experiment orchestrator: the graph, the executors, failures, kills and concurrent launches.
 
-Every scheduling (one process, two local workers, a local Ray instance, killed and resumed, two launches at once)
-must give bit-identical stages on CPU: stages are deterministic given their inputs and skip themselves when done.
+Every scheduling (one process, two local workers, killed and resumed, two launches at once; Ray in
+tests/test_orchestrate_ray.py) must give bit-identical stages on CPU: stages are deterministic given their inputs
+and skip themselves when done.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -17,46 +17,15 @@ import pytest
 import yaml
 
 from lottery.cli import main
-from lottery.config import load_config, to_dict
+from lottery.config import to_dict
 from lottery.errors import StagesFailedError
 from lottery.orchestrate.experiment import parse_seeds, plan, run_experiment
 from lottery.orchestrate.graph import Node
-from lottery.run.files import read_json, torch_load
+from lottery.run.files import read_json
 from lottery.run.layout import RunLayout
 from lottery.workflows.baselines import BaselineStage
 from lottery.workflows.ticket import InitStage, LevelStage, RewindStage
-
-ROOT = Path(__file__).resolve().parent.parent
-# digits, shortened: 2 seeds x (θ0, θk, 3 levels, 2 methods x 2 densities, a reinit branch) = 20 stages
-OVERRIDES = ["train.steps=4ep", "train.eval_every=2ep", "ticket.levels=2", "ticket.checkpoint_every=1ep",
-             "experiment.seeds=[0, 1]", "experiment.baselines.methods=[magnitude, snip]",
-             "experiment.branches={reinit: [2]}", "track.enabled=false", "train.device=cpu"]
-
-
-def digits(tmp_path: Path, *extra: str):
-    return load_config("digits", [*OVERRIDES, f"run.root={tmp_path / 'runs'}", *extra])
-
-
-def fingerprint(experiment_dir: Path) -> dict:
-    """Per stage: mask bytes, trained weights and the history, hashed (wall times left out)."""
-    found = {}
-    for seed_dir in sorted(experiment_dir.glob("seed_*")):
-        for ref, directory in RunLayout.at(seed_dir).stage_dirs():
-            weights = torch_load(directory / "final.pt")
-            digest = hashlib.sha256(b"".join(weights[name].numpy().tobytes() for name in sorted(weights)))
-            record = read_json(directory / "metrics.json")
-            row = {k: v for k, v in record["row"].items() if k != "wall_seconds"}
-            found[f"{seed_dir.name}/{ref.key}"] = (hashlib.sha256((directory / "mask.pt").read_bytes()).hexdigest(),
-                                                   digest.hexdigest(), repr(row), repr(record["history"]))
-    return found
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The experiment run once in this process (one worker): what every other scheduling must reproduce."""
-    root = tmp_path_factory.mktemp("reference")
-    outcome = run_experiment(digits(root), "test")
-    return outcome, fingerprint(outcome.directory)
+from tests.orchestrate_helpers import OVERRIDES, ROOT, digits, fingerprint, reference  # noqa: F401 - a fixture
 
 
 def test_the_graph_waits_only_for_what_each_stage_reads(tmp_path):
@@ -101,16 +70,6 @@ def test_the_experiment_aggregates_the_seeds_side_by_side(reference, capsys):
 
 def test_two_local_workers_give_bit_identical_stages(reference, tmp_path):
     outcome = run_experiment(digits(tmp_path, "run.workers=2"), "test")
-    assert fingerprint(outcome.directory) == reference[1]
-
-
-def test_a_local_ray_instance_gives_bit_identical_stages(reference, tmp_path):
-    ray = pytest.importorskip("ray")
-    try:
-        outcome = run_experiment(digits(tmp_path, "run.executor=ray", "run.workers=2"), "test")
-    finally:
-        ray.shutdown()
-    assert {o.status for o in outcome.outcomes.values()} == {"done"}
     assert fingerprint(outcome.directory) == reference[1]
 
 
