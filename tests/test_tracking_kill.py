@@ -39,7 +39,7 @@ def _store(uri: str, experiment: str) -> dict:
                                  else run.info.run_name)
         assert name not in snapshot, f"duplicate run {name}"
         metrics = {key: [(p.step, p.value) for p in client.get_metric_history(run.info.run_id, key)]
-                   for key in run.data.metrics if key not in TIMED}
+                   for key in run.data.metrics if key not in TIMED and not key.startswith("system/")}
         snapshot[name] = (run.info.status, metrics)
     return snapshot
 

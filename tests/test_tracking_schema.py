@@ -4,6 +4,7 @@ every results.json number, the accuracy-vs-density curve on the experiment paren
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections import defaultdict
 
@@ -140,6 +141,42 @@ def test_the_experiment_parent_draws_accuracy_against_density_and_holds_the_head
             for s in result.summaries["final_test_acc"]["ticket"].values())
 
 
+def test_runs_have_dataset_inputs(store):
+    _, outcome, client, _, runs, _ = store
+    for run in runs:
+        if run.data.tags.get("kind") == "experiment":
+            continue
+        (found,) = client.get_run(run.info.run_id).inputs.dataset_inputs
+        assert found.dataset.name == "digits" and len(found.dataset.digest) == 16
+        profile = json.loads(found.dataset.profile)
+        assert (profile["train"], profile["val"], profile["test"]) == (1237, 200, 360)
+        assert [(tag.key, tag.value) for tag in found.tags] == [("mlflow.data.context", "training")]
+
+
+@pytest.mark.parametrize("seconds", [0.2, 0.0])
+def test_a_live_stage_run_samples_system_metrics_unless_they_are_off(tmp_path, sqlite_uri, seconds):  # noqa: F811
+    import time
+
+    from lottery.tracking.client import MlflowTracker
+
+    config = load_config("digits", [f"track.uri={sqlite_uri}", f"track.experiment=system_{seconds}",
+                                    f"track.system_metrics_seconds={seconds}"])
+    tracker = MlflowTracker(config, tmp_path / "run")
+    tracker.parent("seed 0", {}, {})
+    handle = tracker.child("level_00", "IMP L0 d=1", {"kind": "imp"})
+    assert tracker.flush()  # the run is open in the store: sampling runs while "training" goes on
+    time.sleep(1.5)
+    handle.finish()
+    tracker.close()
+    run = MlflowClient(sqlite_uri).get_run(handle.run_id)
+    sampled = {key: value for key, value in run.data.metrics.items() if key.startswith("system/")}
+    if seconds:
+        assert 0 <= sampled["system/cpu_utilization_percentage"] <= 100
+        assert sampled["system/system_memory_usage_megabytes"] > 0
+    else:
+        assert not sampled
+
+
 def test_the_runs_table_url_is_printed(store):
     _, _, _, experiment_id, _, printed = store
     assert f"MLflow runs table: http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=" \
@@ -154,3 +191,25 @@ def test_rerunning_a_finished_experiment_touches_no_run(store):
     for run in runs:
         assert (again[run.info.run_id].info.start_time, again[run.info.run_id].info.end_time,
                 again[run.info.run_id].info.status) == (run.info.start_time, run.info.end_time, run.info.status)
+
+
+def test_track_log_model_logs_the_tickets_last_level_as_an_mlflow_model(tmp_path, sqlite_uri):  # noqa: F811
+    import mlflow
+    import torch
+
+    from lottery.run.files import torch_load
+
+    config = load_config("digits", ["train.steps=1ep", "ticket.levels=1", "experiment.seeds=[0]",
+                                    "experiment.baselines.methods=[]", "train.device=cpu", "track.log_model=true",
+                                    f"run.root={tmp_path / 'runs'}", f"track.uri={sqlite_uri}",
+                                    "track.experiment=models"])
+    outcome = run_experiment(config, "test", stream=io.StringIO())
+    client = MlflowClient(sqlite_uri)
+    experiment = client.get_experiment_by_name("models")
+    mlflow.set_tracking_uri(sqlite_uri)
+    (logged,) = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list")
+    source = client.get_run(logged.source_run_id)
+    assert source.data.tags["key"] == "level_01" and source.info.status == "FINISHED"
+    network = mlflow.pytorch.load_model(f"models:/{logged.model_id}")
+    weights = torch_load(outcome.directory / "seed_0" / "level_01" / "final.pt")
+    assert all(torch.equal(value, weights[name]) for name, value in network.state_dict().items())

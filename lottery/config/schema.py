@@ -97,6 +97,8 @@ class TrackConfig:
     enabled: bool = True
     uri: Optional[str] = None
     experiment: Optional[str] = None
+    system_metrics_seconds: float = 10.0  # CPU, memory (and GPU) sampled on stage runs this often; 0: off
+    log_model: bool = False  # mlflow.pytorch.log_model of each ticket's last level (masks and weights are artefacts)
 
 
 @dataclass

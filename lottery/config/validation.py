@@ -115,6 +115,8 @@ def validate(config: Config, source: str | None = None) -> None:
     for density in config.experiment.baselines.densities:
         if not 0 < density <= 1:
             fail("experiment.baselines.densities", f"densities must be in (0, 1], got {density}")
+    if config.track.system_metrics_seconds < 0:
+        fail("track.system_metrics_seconds", f"must be >= 0 seconds (0: off), got {config.track.system_metrics_seconds}")
     evaluation = config.experiment.evaluate
     if any(not 1 <= severity <= 5 for severity in evaluation.severities) or not evaluation.severities:
         fail("experiment.evaluate.severities", f"severities must be in 1..5, got {evaluation.severities}")

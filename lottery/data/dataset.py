@@ -75,6 +75,20 @@ class Dataset:
         return x[indices], y[indices]
 
     # -- public API --------------------------------------------------------------------
+    def digest(self, examples: int = 1000) -> str:
+        """A short fingerprint of the data: every label and the first `examples` of each split (MLflow's dataset
+        inputs; reading every image of a large dataset would cost seconds per run)."""
+        import hashlib
+
+        digest = hashlib.sha256(f"{self.name} {self.input_shape} {self.num_classes}".encode())
+        for split in ("train", "val", "test"):
+            size = self.split_size(split)
+            if size:
+                digest.update(f"{split} {size}".encode())
+                digest.update(self.labels(split).cpu().numpy().tobytes())
+                digest.update(self.raw(split, slice(0, min(examples, size)))[0].cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
     def normalize(self, raw_x: torch.Tensor) -> torch.Tensor:
         # A fresh copy, then in place: much faster than out-of-place broadcasting, and
         # the stored tensors (which a slice may view) stay untouched.

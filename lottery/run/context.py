@@ -39,6 +39,7 @@ class RunContext:
     rank: int = 0
     world_size: int = 1
     verified: frozenset = frozenset()  # names of the stages whose records open_run checked
+    inputs: tuple = ()  # the dataset as MLflow dataset inputs (tracking on, rank 0)
 
     @property
     def is_main(self) -> bool:
@@ -129,12 +130,24 @@ def attach_run(config: Config, command: str, dataset=None, passive: bool = False
         tracker = make_tracker(config, layout.run_dir, command=command)
     parent = tracker.parent(seed_run_name(config.seed), {**run_tags(config, command), **(parent_tags or {})},
                             flatten(config), passive=passive)
+    inputs = dataset_inputs(config, dataset) if tracker.enabled else ()
+    parent.log_inputs(list(inputs))
     run = RunContext(config, layout, dataset, step_plan(config, dataset, rank, world_size), tracker, parent, command,
-                     rank, world_size, verified)
+                     rank, world_size, verified, inputs)
     if rank == 0 and not passive:
         fast = resolve_fast_path(config.train, run.new_model(), distributed.device_for(config), dataset.input_shape)
         parent.log_params(fast.as_params())
     return run
+
+
+def dataset_inputs(config: Config, dataset) -> tuple:
+    """The data a run trains and evaluates on, as MLflow dataset inputs: name, source, digest, split sizes."""
+    source = config.data.path or (f"{config.data.root}/{config.data.name}" if config.data.name not in
+                                  ("digits", "synthetic") else config.data.name)
+    profile = {split: dataset.split_size(split) for split in ("train", "val", "test")}
+    profile.update(input_shape=list(dataset.input_shape), classes=dataset.num_classes)
+    return ({"name": dataset.name, "digest": dataset.digest(), "source": source, "profile": profile,
+             "context": "training"},)
 
 
 def close_run(run: RunContext, status: str, announce: bool = True) -> None:

@@ -25,7 +25,7 @@ from lottery.pruning.mask import Mask
 from lottery.run import distributed
 from lottery.run.context import RunContext
 from lottery.run.files import atomic_torch_save, fsync_paths, read_json, verify_torch_file, write_json
-from lottery.run.layout import DONE, RunLayout, StageRef
+from lottery.run.layout import DONE, LEVEL, RunLayout, StageRef
 from lottery.run.locks import FileLock
 from lottery.run.results import record_row
 from lottery.tracking.base import log_history, summary_metrics
@@ -266,6 +266,7 @@ class TrainingStage(Stage):
         started_ms = now_ms()
         name, params, tags = self.tracked_as(run, mask.density()) if run.tracker.enabled else ("", {}, {})
         handle = run.tracker.child(self.ref.key, name, params, tags, started_ms)
+        handle.log_inputs(list(run.inputs))
 
         def on_eval(step: int, record: dict) -> None:
             handle.log_metrics({k: v for k, v in record.items() if k != "step" and v is not None}, step=step)
@@ -316,6 +317,8 @@ class TrainingStage(Stage):
         handle.log_metrics(summary_metrics(row))
         if row["collapsed"]:
             handle.set_tags({"collapsed": ", ".join(row["collapsed"])})
+        if run.config.track.log_model and self.ref.kind == LEVEL and self.ref.level == run.config.ticket.levels:
+            handle.log_model(model)  # the ticket's last level; off by default, its weights are an artefact anyway
         handle.finish("FINISHED", times["end_ms"])
         return row
 

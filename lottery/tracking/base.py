@@ -33,6 +33,12 @@ class RunHandle:
     def set_tags(self, tags: dict[str, str]) -> None:
         pass
 
+    def log_inputs(self, datasets: list[dict]) -> None:
+        """MLflow dataset inputs: dicts of name, digest, source, profile (split sizes) and context."""
+
+    def log_model(self, model) -> None:
+        """The trained network as an MLflow model (track.log_model)."""
+
     def finish(self, status: str = "FINISHED", end_ms: Optional[int] = None) -> None:
         pass
 

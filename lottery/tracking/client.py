@@ -104,6 +104,21 @@ class MlflowRunHandle(RunHandle):
     def set_tags(self, tags: dict[str, str]) -> None:
         self.tracker._send("tags", self.key, {key: str(value) for key, value in tags.items()})
 
+    def log_inputs(self, datasets: list[dict]) -> None:
+        if datasets:
+            self.tracker._send("inputs", self.key, datasets)
+
+    def log_model(self, model) -> None:
+        """Pickled to a file that the tracking process logs with mlflow.pytorch and then deletes."""
+        import tempfile
+
+        import torch
+
+        handle, path = tempfile.mkstemp(prefix="lottery-model-", suffix=".pt")
+        os.close(handle)
+        torch.save(model, path)
+        self.tracker._send("model", self.key, path)
+
     def finish(self, status: str = "FINISHED", end_ms: Optional[int] = None) -> None:
         """End the run at `end_ms` (default now): the time its work ended, not when MLflow hears of it."""
         self.tracker._open.pop(self.key, None)
@@ -156,14 +171,15 @@ class MlflowTracker(Tracker):
         return self._parent
 
     def child(self, key: str, name: str, params: dict[str, Any], tags: Optional[dict[str, str]] = None,
-              start_ms: Optional[int] = None) -> RunHandle:
-        """The key's run below the parent: created at `start_ms` (default now, when its training starts)."""
+              start_ms: Optional[int] = None, live: bool = True) -> RunHandle:
+        """The key's run below the parent: created at `start_ms` (default now, when its training starts);
+        `live`: training runs now, so system metrics are sampled while the run is open."""
         if key not in self._open:
             tags = {"key": key, "exp": self.config.exp, "config_hash": config_hash(self.config),
                     "seed": str(self.config.seed), "command": self.command, **(tags or {})}
             self._open[key] = self._handle(key)
             self._send("attach", key, name, tags, flat_params(params), PARENT_KEY if self._parent else None, False,
-                       start_ms or now_ms())
+                       start_ms or now_ms(), live)
         return self._open[key]
 
     def is_complete(self, key: str) -> bool:
@@ -177,7 +193,7 @@ class MlflowTracker(Tracker):
         already has are not logged again, so a replay after a partial upload fills exactly the gaps."""
         if self.is_complete(key) or self.degraded:
             return
-        handle = self.child(key, name, params, tags, start_ms)
+        handle = self.child(key, name, params, tags, start_ms, live=False)
         log_history(handle, history, start_ms, end_ms)
         handle.log_metrics(summary)
         handle.finish("FINISHED", end_ms)
@@ -258,7 +274,8 @@ class MlflowTracker(Tracker):
                          threading.Thread(target=self._read, args=(inbox,), name="lottery-mlflow-in", daemon=True)]
         for thread in self._threads:
             thread.start()
-        self._outgoing.put(("open", self.uri, self.experiment, str(self.run_dir.resolve())))
+        self._outgoing.put(("open", self.uri, self.experiment, str(self.run_dir.resolve()),
+                            float(self.config.track.system_metrics_seconds)))
 
     def _write(self, outbox: Connection) -> None:
         while (message := self._outgoing.get()) is not None:

@@ -71,7 +71,8 @@ def serve(inbox_fd: int, outbox_fd: int) -> None:
             elif not failed:
                 try:
                     if kind == "open":
-                        store = _Store(*args, outbox)
+                        uri, experiment, run_dir, system_seconds = args
+                        store = _Store(uri, experiment, run_dir, outbox, system_seconds)
                     else:
                         getattr(store, kind)(*args)
                 except Exception as error:  # noqa: BLE001 - reported; the training process turns tracking off
@@ -79,6 +80,8 @@ def serve(inbox_fd: int, outbox_fd: int) -> None:
                     outbox.send(("failed", failure_reason(error)))
     except (EOFError, OSError):
         pass  # the training process is gone
+    for monitor in (store.monitors.values() if store is not None else ()):
+        monitor.finish()  # runs left open (a killed trainer): their last samples are kept
     # Everything is committed. Skip interpreter shutdown: MLflow's exit hooks (telemetry) cost ~1 s.
     logging.shutdown()
     os._exit(0)
@@ -104,7 +107,7 @@ class _Store:
     "complete": [key, ...]}}}: the stage runs known to hold every point of their stage's record.
     """
 
-    def __init__(self, uri: str, experiment: str, run_dir: str, outbox: Connection):
+    def __init__(self, uri: str, experiment: str, run_dir: str, outbox: Connection, system_seconds: float = 0.0):
         from mlflow.tracking import MlflowClient
 
         for noisy in ("mlflow", "alembic"):
@@ -115,6 +118,8 @@ class _Store:
         self.stored: dict[str, set] = {}  # per key: the (metric, step, value) points MLflow already has
         self.was_finished: set[str] = set()  # keys whose run was FINISHED when this process re-attached to it
         self.changed: set[str] = set()  # keys this process logged new points or created child runs for
+        self.created: set[str] = set()  # keys whose run this process created
+        self.system_seconds, self.monitors = system_seconds, {}  # key -> mlflow's SystemMetricsMonitor
         self.ids_path, self.experiment = Path(run_dir) / IDS_FILE, experiment
         self.saved = self._entry(self._read_ids())
         outbox.send(("opened", self.experiment_id))
@@ -165,7 +170,7 @@ class _Store:
         return experiment.experiment_id
 
     def attach(self, key: str, name: str, tags: dict, params: dict, parent_key: Optional[str],
-               passive: bool = False, start_ms: Optional[int] = None) -> None:
+               passive: bool = False, start_ms: Optional[int] = None, live: bool = False) -> None:
         """Re-attach to the key's run in tracking.json, or create it (starting at `start_ms`); then log tags and
         new params. `passive`: another process owns the run, so its status is left as it is. A FINISHED run
         stays FINISHED, with its times, unless this process adds to it (see finish)."""
@@ -176,8 +181,11 @@ class _Store:
             tags = {**git_state(Path(__file__).resolve().parent), **tags}
         tags = {**standard_tags(), **{k: str(v)[:TAG_VALUE_LIMIT] for k, v in tags.items()}}
         run, created = self._find_or_create(key, name, tags, start_ms)
+        if live and key != PARENT_KEY and self.system_seconds > 0:
+            self._monitor(key, run.info.run_id, resume=not created)
         if created:
             self.runs[key] = run.info.run_id
+            self.created.add(key)
             self.params(key, params)
             self.outbox.send(("attached", key, run.info.run_id, False))
             return
@@ -240,6 +248,39 @@ class _Store:
         if fresh:
             self.changed.add(key)
 
+    def _monitor(self, key: str, run_id: str, resume: bool) -> None:
+        """MLflow's own sampler of CPU, memory, disk, network (and GPU, with nvidia-ml-py) as system/* metrics."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=self.system_seconds, samples_before_logging=1,
+                                       resume_logging=resume, tracking_uri=self.uri)
+        monitor.start()
+        self.monitors[key] = monitor
+
+    def inputs(self, key: str, datasets: list[dict]) -> None:
+        """Dataset inputs, once per run: when this process created it."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        if key not in self.created:
+            return
+        self.client.log_inputs(self.runs[key], datasets=[
+            DatasetInput(Dataset(name=d["name"], digest=d["digest"], source_type="local",
+                                 source=json.dumps({"uri": d["source"]}), profile=json.dumps(d["profile"])),
+                         tags=[InputTag("mlflow.data.context", d["context"])]) for d in datasets])
+
+    def model(self, key: str, path: str) -> None:
+        """mlflow.pytorch.log_model of a pickled network (track.log_model); the only place torch is imported here."""
+        import mlflow
+        import torch
+
+        try:
+            network = torch.load(path, weights_only=False)
+            mlflow.set_tracking_uri(self.uri)
+            with mlflow.start_run(run_id=self.runs[key]):  # re-opens the run; its finish message sets the times
+                mlflow.pytorch.log_model(network, name="model", serialization_format="pickle")
+        finally:
+            os.unlink(path)
+
     def artifact(self, key: str, path: str, artifact_path: Optional[str]) -> None:
         log = self.client.log_artifacts if Path(path).is_dir() else self.client.log_artifact
         log(self.runs[key], path, artifact_path)
@@ -254,6 +295,9 @@ class _Store:
         """End the run at `end_ms`. A run that was already FINISHED and got nothing new keeps its end time, so
         re-running a finished command does not stretch it. A finished stage run is marked complete in
         tracking.json: it holds every point, and a later resume need not replay it."""
+        monitor = self.monitors.pop(key, None)
+        if monitor is not None:
+            monitor.finish()
         if not (key in self.was_finished and key not in self.changed and status == "FINISHED"):
             self.client.set_terminated(self.runs[key], status, end_time=end_ms)
         if status == "FINISHED" and key != PARENT_KEY:
