@@ -43,7 +43,8 @@ search: $(STAMP)
 	$(BIN)/lottery search --exp $(EXP) --space $(SPACE) --trials $(TRIALS) $(ARGS)
 
 ui: $(STAMP)
-	@echo "MLflow UI on http://127.0.0.1:$(PORT) (store: $(TRACKING_URI))"
+	@echo "MLflow UI on http://127.0.0.1:$(PORT) (store: $(TRACKING_URI)); the runs table of each experiment:"
+	@$(BIN)/python -m lottery.tracking.urls "$(TRACKING_URI)" $(PORT) runs
 	$(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(PORT)
 
 report: $(STAMP)

@@ -213,3 +213,15 @@ def test_track_log_model_logs_the_tickets_last_level_as_an_mlflow_model(tmp_path
     network = mlflow.pytorch.load_model(f"models:/{logged.model_id}")
     weights = torch_load(outcome.directory / "seed_0" / "level_01" / "final.pt")
     assert all(torch.equal(value, weights[name]) for name, value in network.state_dict().items())
+
+
+def test_make_ui_prints_the_runs_table_url_of_each_tracked_experiment(store, capsys):
+    from lottery.tracking.urls import main
+
+    _, outcome, _, experiment_id, _, _ = store
+    uri = store[0].track.uri
+    assert main([uri, "5001", str(outcome.directory.parent.parent)]) == 0
+    assert capsys.readouterr().out == f"  {EXPERIMENT}: http://127.0.0.1:5001/#/experiments/{experiment_id}/runs?" \
+                                      "workflowType=machine_learning\n"
+    assert main([uri, "5001", str(outcome.directory / "nothing")]) == 0
+    assert "no tracked run" in capsys.readouterr().out

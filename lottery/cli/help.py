@@ -67,6 +67,8 @@ KEY_HELP = {
     "ticket.checkpoint_every": "checkpoint interval within a stage, for resuming",
     "track.enabled": "log to MLflow",
     "track.uri": "MLflow tracking URI; null = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db",
+    "track.system_metrics_seconds": "MLflow system metrics (CPU, memory, GPU) on stage runs every N seconds; 0 = off",
+    "track.log_model": "also log each ticket's last level with mlflow.pytorch.log_model",
     "track.experiment": "MLflow experiment name; null = exp",
     "search.objective": "what a trial scores",
     "search.target_density": "score the first level at or below this density (and stop there)",
