@@ -10,6 +10,7 @@ TRIALS ?= 20
 GPUS ?= 1
 RUN ?=
 PORT ?= 5000
+RUNS ?= runs
 TRACKING_URI ?= $(or $(MLFLOW_TRACKING_URI),sqlite:///mlflow.db)
 LOTTERY := $(BIN)/lottery
 ifneq ($(GPUS),1)
@@ -44,7 +45,7 @@ search: $(STAMP)
 
 ui: $(STAMP)
 	@echo "MLflow UI on http://127.0.0.1:$(PORT) (store: $(TRACKING_URI)); the runs table of each experiment:"
-	@$(BIN)/python -m lottery.tracking.urls "$(TRACKING_URI)" $(PORT) runs
+	@$(BIN)/python -m lottery.tracking.urls "$(TRACKING_URI)" $(PORT) $(RUNS)
 	$(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(PORT)
 
 report: $(STAMP)

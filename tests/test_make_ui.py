@@ -34,16 +34,23 @@ def listening_addresses(port: int) -> set[str]:
 
 def test_make_ui_serves_the_store_on_loopback_and_prints_the_url(tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    MlflowClient(tracking_uri=store).create_experiment("ui-probe", (tmp_path / "artifacts").as_uri())
+    experiment_id = MlflowClient(tracking_uri=store).create_experiment("ui-probe", (tmp_path / "artifacts").as_uri())
+    seed_dir = tmp_path / "runs" / "ui-probe" / "abcd1234" / "seed_0"  # a run directory that tracked into it
+    seed_dir.mkdir(parents=True)
+    (seed_dir / "tracking.json").write_text(json.dumps({store: {"ui-probe": {"experiment_id": experiment_id,
+                                                                              "runs": {}}}}))
     port = free_port()
     # -o: treat the install stamp as up to date; BIN: this interpreter's mlflow.
     command = ["make", "--no-print-directory", "-o", ".venv/.installed", "ui", f"PORT={port}",
-               f"TRACKING_URI={store}", f"BIN={Path(sys.executable).parent}"]
+               f"TRACKING_URI={store}", f"BIN={Path(sys.executable).parent}", f"RUNS={tmp_path / 'runs'}"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
     try:
         first_line = process.stdout.readline()
-        assert first_line.strip() == f"MLflow UI on http://127.0.0.1:{port} (store: {store})"
+        assert first_line.strip() == f"MLflow UI on http://127.0.0.1:{port} (store: {store}); the runs table of " \
+                                     "each experiment:"
+        assert process.stdout.readline().strip() == f"ui-probe: http://127.0.0.1:{port}/#/experiments/" \
+                                                    f"{experiment_id}/runs?workflowType=machine_learning"
         deadline, experiments = time.monotonic() + START_SECONDS, None
         while experiments is None and time.monotonic() < deadline:
             assert process.poll() is None, f"make ui exited with {process.returncode}: {process.stdout.read()}"

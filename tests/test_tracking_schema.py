@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 from collections import defaultdict
 
@@ -128,6 +129,8 @@ def test_the_experiment_parent_draws_accuracy_against_density_and_holds_the_head
     densities = sorted(result.densities.values(), reverse=True)
     curve = client.get_metric_history(parent.info.run_id, "curve/density")
     assert [(p.step, p.value) for p in curve] == list(enumerate(densities))
+    log_curve = client.get_metric_history(parent.info.run_id, "curve/log10_density")
+    assert [p.value for p in log_curve] == pytest.approx([math.log10(d) for d in densities])
     for series, metric in (("ticket", "imp"), ("snip", "snip"), ("branch reinit", "reinit")):
         history = client.get_metric_history(parent.info.run_id, f"curve/{metric}/final_test_acc")
         by_density = result.summaries["final_test_acc"][series]

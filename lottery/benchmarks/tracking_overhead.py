@@ -37,8 +37,9 @@ from lottery.workflows.ticket import run_ticket
 from lottery.tracking.client import MlflowRunHandle, MlflowTracker
 
 GOAL = Goal("<=", 2.0)
-TRACKER_METHODS = {MlflowTracker: ("__init__", "parent", "child", "flush", "close"),
-                   MlflowRunHandle: ("log_params", "log_metrics", "log_artifact", "log_figure", "set_tags", "finish")}
+TRACKER_METHODS = {MlflowTracker: ("__init__", "parent", "child", "replay", "flush", "close"),
+                   MlflowRunHandle: ("log_params", "log_metrics", "log_artifact", "log_figure", "set_tags",
+                                     "log_inputs", "log_model", "finish")}
 
 
 @dataclass

@@ -120,7 +120,8 @@ def run_experiment(config: Config, command: str = "lottery ticket", dry_run: boo
                        "runs below hold the IMP levels, baselines and branches. Metrics curve/<series>/<metric> at "
                        "X axis curve/density draw accuracy against density; summary/* are the headline numbers.")
         parent = tracker.parent(experiment_run_name(config.exp, config_hash(config)),
-                                {"kind": "experiment", DESCRIPTION_TAG: description}, flatten(config))
+                                {"kind": "experiment", "seed": ",".join(map(str, seeds_of(config))),
+                                 DESCRIPTION_TAG: description}, flatten(config))
         tracker.flush()
         experiment_run = parent
     seeds = seeds_of(config)

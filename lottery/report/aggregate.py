@@ -183,14 +183,16 @@ def series_metric_name(series: str) -> str:
 def curve_metrics(result: Aggregate, margin: float) -> tuple[list[tuple[int, dict]], dict]:
     """The accuracy-vs-density chart as MLflow metrics, and the headline numbers.
 
-    Per density, densest first, at step = its index: `curve/density` and `curve/<series>/<metric>` (the mean over
-    seeds), so the UI's line chart with X axis `curve/density` draws every series. The summary: the dense mean and,
+    Per density, densest first, at step = its index: `curve/density`, `curve/log10_density` and
+    `curve/<series>/<metric>` (the mean over seeds), so the UI's line chart with X axis `curve/log10_density`
+    draws every series against density on a log scale. The summary: the dense mean and,
     per series, the sparsest density whose mean final test accuracy is within `margin` accuracy points of dense.
     """
     keys = sorted(result.densities, key=lambda key: -result.densities[key])
     points = []
     for step, key in enumerate(keys):
-        values = {"curve/density": result.densities[key]}
+        # MLflow 3.17 has no log scale for a metric X axis: log10 density is the log axis
+        values = {"curve/density": result.densities[key], "curve/log10_density": math.log10(result.densities[key])}
         for metric, by_series in result.summaries.items():
             for name, by_density in by_series.items():
                 if key in by_density:

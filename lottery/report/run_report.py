@@ -151,16 +151,10 @@ def build_report(run_dir: Path, out_dir: Optional[Path] = None, save_figures: bo
     return Report(out_dir, table, files, made)
 
 
-def _margin(layout: RunLayout) -> float:
-    """The run's experiment.evaluate.margin (accuracy points): "matches dense" in the summary metrics."""
-    from lottery.run.context import read_config
-
-    return read_config(layout.run_dir).experiment.evaluate.margin
-
-
-def publish(layout: RunLayout, tracker, parent) -> None:
+def publish(layout: RunLayout, tracker, parent, margin: float) -> None:
     """Log figures (PNG), the table, the sparsity report, masks and results to the parent run.
 
+    `margin`: experiment.evaluate.margin, in accuracy points, for the summary metrics' "matches dense".
     Does nothing when tracking is off or has failed. A report error is logged, never raised: the
     run it describes is already complete on disk. Each figure is rendered once, for MLflow only;
     `lottery report` writes them locally.
@@ -179,8 +173,7 @@ def publish(layout: RunLayout, tracker, parent) -> None:
     try:
         from lottery.report.aggregate import aggregate, log_curves
 
-        config_margin = _margin(layout)
-        log_curves(parent, aggregate({0: read_rows(layout)}), config_margin)
+        log_curves(parent, aggregate({0: read_rows(layout)}), margin)
     except (OSError, ValueError, KeyError, TypeError, CorruptFileError, NotFoundError) as error:
         logger.warning("accuracy curves of %s not logged: %s", run_dir, error)
     for path in [layout.config_file, layout.results_file]:

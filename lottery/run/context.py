@@ -156,7 +156,7 @@ def close_run(run: RunContext, status: str, announce: bool = True) -> None:
     from lottery.report.run_report import publish
 
     if run.is_main and status == "FINISHED":
-        publish(run.layout, run.tracker, run.parent)  # figures, masks and the report; never raises
+        publish(run.layout, run.tracker, run.parent, run.config.experiment.evaluate.margin)  # figures, masks and the report; never raises
     url = run.tracker.ui_url()
     run.tracker.close(status)
     if url and announce and run.is_main:

@@ -90,7 +90,7 @@ def sync_run(run_dir: Path, overrides: list[str] | tuple = (), command: str = "l
             log_history(handle, stage.history, stage.times.get("start_ms"), stage.times.get("end_ms"))
             handle.log_metrics(summary_metrics(stage.row))
             handle.finish("FINISHED", stage.times.get("end_ms"))
-        publish(layout, tracker, parent)
+        publish(layout, tracker, parent, config.experiment.evaluate.margin)
         tracker.close("FINISHED")
         if tracker.error is None:
             synced.setdefault(uri, {})[experiment] = current
