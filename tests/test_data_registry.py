@@ -1,4 +1,5 @@
 """The dataset registry and the Dataset interface on the offline datasets (synthetic, digits)."""
+import numpy as np
 import pytest
 import torch
 
@@ -132,3 +133,13 @@ def test_synthetic_is_learnable_by_a_tiny_mlp():
     with torch.no_grad():
         correct = sum((model(x).argmax(1) == y).sum().item() for x, y in data.eval_batches("test"))
     assert correct / 256 > 0.9
+
+
+def test_digits_read_without_sklearn_equal_sklearns_load_digits():
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    from lottery.data.small import digits_arrays
+
+    images, labels = digits_arrays()
+    reference = sklearn_digits()
+    assert np.array_equal(images, reference.images) and np.array_equal(labels, reference.target)

@@ -92,6 +92,6 @@ def per_stage_cost(folder: Path, steps: int) -> list[BenchEntry]:
 def run(quick: bool = False) -> list[BenchEntry]:
     with tempfile.TemporaryDirectory(prefix="lottery-bench-orchestrator-") as folder:
         folder = Path(folder)
-        entries = [speedup(1 if quick else 3, folder)]
+        entries = [speedup(1 if quick else 5, folder)]
         entries += per_stage_cost(folder, 200 if quick else 2000)
     return entries

@@ -26,15 +26,28 @@ def load_digits(cfg, seed: int, device) -> Dataset:
     The train/test split is fixed and independent of the run seed: a permutation from
     numpy's RandomState(0) (stable across numpy versions), whose last 360 images are test.
     """
-    from sklearn.datasets import load_digits as sklearn_digits
-
-    bunch = sklearn_digits()
-    images = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    labels = torch.as_tensor(bunch.target, dtype=torch.int64)
+    images_array, target = digits_arrays()
+    images = torch.as_tensor(images_array, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.as_tensor(target, dtype=torch.int64)
     order = torch.as_tensor(np.random.RandomState(0).permutation(len(labels)))
     train_index, test_index = order[:-DIGITS_TEST_SIZE], order[-DIGITS_TEST_SIZE:]
     return tensor_dataset("digits", cfg, device, (images[train_index], labels[train_index]),
                           (images[test_index], labels[test_index]), num_classes=10)
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(images (1797, 8, 8), labels) of sklearn's digits, read from the CSV it ships, as its load_digits does,
+    without importing sklearn: that import costs 1.7 s, paid again by every worker process."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # locates the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("data.name=digits needs scikit-learn's bundled digits: pip install scikit-learn")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    with gzip.open(path, mode="rt", encoding="utf-8") as text:
+        data = np.loadtxt(text, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int, copy=False)
 
 
 def _as_examples(array: np.ndarray, key: str, path: Path) -> tuple[torch.Tensor, float]:

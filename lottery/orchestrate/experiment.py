@@ -100,17 +100,35 @@ def _plan(config: Config):
 
 def run_experiment(config: Config, command: str = "lottery ticket", dry_run: bool = False,
                    stream=None) -> ExperimentOutcome:
+    stream = stream or sys.stdout
+    rank, world_size = distributed.rank_and_world()
+    pool = _early_pool(config, world_size) if not dry_run else None
+    try:
+        return _run(config, command, dry_run, stream, rank, world_size, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown()  # a no-op once the executor has used it
+
+
+def _early_pool(config: Config, world_size: int):
+    """The local workers, started now: they import torch and lottery while this process plans and attaches."""
+    from lottery.orchestrate.local import slots_for, start_pool
+
+    if config.run.executor != "local" or world_size > 1:
+        return None
+    return start_pool(slots_for(config), in_process=True)
+
+
+def _run(config: Config, command: str, dry_run: bool, stream, rank: int, world_size: int, pool) -> ExperimentOutcome:
     from lottery.orchestrate.worker import _dataset
     from lottery.tracking.client import make_tracker
 
-    stream = stream or sys.stdout
     graph, _ = _plan(config)
     layout = RunLayout.of(config)
     outcome = ExperimentOutcome(layout.experiment_dir, graph)
     if dry_run:
         print(describe(graph), file=stream)
         return outcome
-    rank, world_size = distributed.rank_and_world()
     if rank == 0:
         make_directory(layout.experiment_dir, config)
     tracker = make_tracker(config, layout.experiment_dir, command) if rank == 0 else None
@@ -133,7 +151,7 @@ def run_experiment(config: Config, command: str = "lottery ticket", dry_run: boo
         for seed in seeds}
     status = "FAILED"
     try:
-        outcome.outcomes = _execute(config, graph, contexts, command, stream, world_size)
+        outcome.outcomes = _execute(config, graph, contexts, command, stream, world_size, pool)
         status = "FINISHED" if not outcome.failed else "FAILED"
     finally:
         for seed, run in contexts.items():
@@ -154,7 +172,7 @@ def run_experiment(config: Config, command: str = "lottery ticket", dry_run: boo
 
 
 def _execute(config: Config, graph: Graph, contexts: dict[int, RunContext], command: str, stream,
-             world_size: int) -> dict[Node, Outcome]:
+             world_size: int, pool=None) -> dict[Node, Outcome]:
     from lottery.orchestrate.local import run_local, slots_for
     from lottery.orchestrate.ray_cluster import run_ray
 
@@ -177,7 +195,7 @@ def _execute(config: Config, graph: Graph, contexts: dict[int, RunContext], comm
         try:
             if config.run.executor == "ray":
                 return run_ray(graph, task_of, config, progress)
-            return run_local(graph, task_of, slots, progress, owner if in_process else None, packs)
+            return run_local(graph, task_of, slots, progress, owner, packs, pool)
         finally:
             progress.close()
 

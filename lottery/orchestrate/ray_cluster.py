@@ -29,6 +29,10 @@ def stage_task(task: Task, *needed: Outcome) -> Outcome:
     if failed:
         return Outcome(task.key, "blocked", error=f"needs {failed[0].key}, which {failed[0].status}")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():  # Ray sets it per task; explicitly, MKL stops re-threading
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     return execute(task, wait=True)
 
 
