@@ -63,7 +63,7 @@ class WorkerPool:
 def start_pool(slots: list[Slot], in_process: bool) -> Optional[WorkerPool]:
     """The pool run_local will use for `slots` (this process being the first when `in_process`), or None."""
     spawned = slots[1:] if in_process else slots
-    return WorkerPool(spawned) if spawned and len(slots) > 1 else None
+    return WorkerPool(spawned) if spawned else None
 
 
 def run_local(graph: Graph, task_of: Callable[[Node], Task], slots: list[Slot], progress: Progress,
@@ -123,7 +123,7 @@ def _drive_pool(scheduler: Scheduler, task_of, slots: list[Slot], progress: Prog
         while not scheduler.complete:
             while candidates := scheduler.ready():
                 here_free = here and not any(local for _, local in futures.values())
-                pool_free = sum(f.done() for f in started) - sum(not local for _, local in futures.values())
+                pool_free = (workers.ready_count() if workers else 0) - sum(not local for _, local in futures.values())
                 if not here_free and pool_free <= 0:
                     break
                 nodes = packs(candidates)

@@ -126,6 +126,8 @@ class MlflowRunHandle(RunHandle):
         if not self.finished:
             self.finished = True
             self.tracker._send("finish", self.key, status, end_ms or now_ms())
+            if status == "FINISHED" and self.key != PARENT_KEY:
+                self.tracker._complete.add(self.key)  # everything is sent: no replay from this process
 
 
 class MlflowTracker(Tracker):

@@ -19,7 +19,7 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 # Beyond these, a pack of small models stops gaining: on CPU the step is compute-bound well before 8
-# (see docs/notes/packed.md), on a GPU 16 ResNet-20s fill the device's parallelism.
+# (see docs/packing.md), on a GPU 16 ResNet-20s fill the device's parallelism.
 MAX_PACK = {"cuda": 16, "cpu": 8}
 HEADROOM = 0.8  # the share of free memory a pack may plan to use
 

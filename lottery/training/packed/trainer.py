@@ -43,7 +43,7 @@ def train_packed(jobs: Sequence[TrainJob]) -> list[TrainResult]:
     fast = first.fast or resolve_fast_path(first.train_cfg, first.model, sample_shape=first.dataset.input_shape)
     check_fast_path(fast)
     # CPU threads by the solo rule for one model: the same for every pack size, so a model's arithmetic (and its
-    # results, bit for bit) does not depend on what it is packed with; see docs/notes/packed.md for the measurements.
+    # results, bit for bit) does not depend on what it is packed with; see docs/packing.md for the measurements.
     with cpu_threads(fast.cpu_threads):
         return _train_packed(jobs, fast)
 
