@@ -46,6 +46,8 @@ CASES = {
     "gamma inf": (["ticket", *BASE, "train.gamma=inf"], 2, ["train.gamma", "finite"]),
     "margin as a fraction above 100 points": (["ticket", *BASE, "experiment.evaluate.margin=150"], 2,
                                                ["experiment.evaluate.margin", "[0, 100) accuracy points"]),
+    "negative system-metrics interval": (["ticket", *BASE, "track.system_metrics_seconds=-1"], 2,
+                                         ["track.system_metrics_seconds", "must be >= 0 seconds"]),
     "momentum nan": (["ticket", *BASE, "train.momentum=nan"], 2, ["train.momentum", "finite"]),
     "fraction -inf": (["ticket", *BASE, "prune.fraction=-inf"], 2, ["prune.fraction", "finite"]),
     "grasp temperature .inf": (["ticket", *BASE, "baseline.grasp_temperature=.inf"], 2, ["grasp_temperature"]),
