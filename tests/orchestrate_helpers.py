@@ -3,16 +3,32 @@ run every other scheduling must reproduce bit for bit."""
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from lottery.config import load_config
+from lottery.config import load_config, to_dict
 from lottery.orchestrate.experiment import run_experiment
 from lottery.run.files import read_json, torch_load
 from lottery.run.layout import RunLayout
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def launch_ticket(config, path: Path):
+    """`lottery ticket --exp PATH` in a subprocess (to be killed), `config` written to PATH; (process, the config
+    as the command loads it: its exp is the file's name)."""
+    values = to_dict(config)
+    values.pop("exp")
+    path.write_text(yaml.safe_dump(values))
+    process = subprocess.Popen([sys.executable, "-m", "lottery", "ticket", "--exp", str(path)],
+                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    return process, load_config(str(path))
 # digits, shortened: 2 seeds x (θ0, θk, 3 levels, 2 methods x 2 densities, a reinit branch) = 20 stages
 OVERRIDES = ["train.steps=4ep", "train.eval_every=2ep", "ticket.levels=2", "ticket.checkpoint_every=1ep",
              "experiment.seeds=[0, 1]", "experiment.baselines.methods=[magnitude, snip]",

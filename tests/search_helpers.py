@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from lottery.search.request import Runner, SearchRequest
@@ -91,3 +92,14 @@ def start_worker(tmp_path: Path, experiment: Path, storage: str, trials: int, st
             "--trials", str(trials), "--storage", storage, "--study", study, *overrides]
     with open(tmp_path / log_name, "w") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models train several times faster on one thread when other processes share the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -9,15 +9,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from lottery.cli import main
-from lottery.config import to_dict
 from lottery.errors import StagesFailedError
 from lottery.orchestrate.experiment import parse_seeds, plan, run_experiment
 from lottery.orchestrate.graph import Node
@@ -25,7 +22,8 @@ from lottery.run.files import read_json
 from lottery.run.layout import RunLayout
 from lottery.workflows.baselines import BaselineStage
 from lottery.workflows.ticket import InitStage, LevelStage, RewindStage
-from tests.orchestrate_helpers import OVERRIDES, ROOT, digits, fingerprint, reference  # noqa: F401 - a fixture
+from tests.orchestrate_helpers import (OVERRIDES, digits, fingerprint, launch_ticket,  # noqa: F401 - a fixture
+                                       reference)
 
 
 def test_the_graph_waits_only_for_what_each_stage_reads(tmp_path):
@@ -99,15 +97,8 @@ def test_a_failing_stage_stops_only_its_dependents_and_a_rerun_retries_it(refere
 
 
 def _launch(tmp_path: Path, name: str, *extra: str) -> tuple[subprocess.Popen, Path]:
-    config = digits(tmp_path / name, *extra)
-    values = to_dict(config)
-    values.pop("exp")
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(values))
-    process = subprocess.Popen([sys.executable, "-m", "lottery", "ticket", "--exp", str(path)],
-                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    return process, RunLayout(tmp_path / name / "runs", name, RunLayout.of(config).config_hash, 0).experiment_dir
+    process, config = launch_ticket(digits(tmp_path / name, *extra), tmp_path / f"{name}.yaml")
+    return process, RunLayout.of(config).experiment_dir
 
 
 def _wait_for(condition, process: subprocess.Popen, seconds: float = 120) -> None:

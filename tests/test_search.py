@@ -237,7 +237,7 @@ def test_test_accuracy_is_searched_only_by_name_and_the_study_is_tagged(tmp_path
 
 
 def test_every_search_plot_labels_both_axes_in_our_terms(tmp_path):
-    from lottery.search.engine import search_figures
+    from lottery.search.results import search_figures
 
     request = make_request(tmp_path, trials=3)
     run_search(request, FakeRunner().as_runner())

@@ -9,22 +9,11 @@ from optuna.trial import TrialState
 from lottery.run.files import read_json
 from lottery.search.engine import run_search
 from lottery.search.objective import steps_to_dense
-from tests.search_helpers import make_request
+from tests.search_helpers import make_request, one_thread  # noqa: F401 - an autouse fixture
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 TINY = {"train.steps": "40it", "train.eval_every": "10it", "ticket.checkpoint_every": "20it"}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train several times faster on one thread when other processes share the cores."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_ticket_trials_score_steps_to_dense_from_the_level_histories(tmp_path):

@@ -9,22 +9,11 @@ from mlflow.tracking import MlflowClient
 from lottery.config import config_hash, from_yaml
 from lottery.search.engine import run_search
 from tests.conftest_mlflow import sqlite_uri  # noqa: F401
-from tests.search_helpers import FakeRunner, make_request
+from tests.search_helpers import FakeRunner, make_request, one_thread  # noqa: F401 - an autouse fixture
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 TINY = {"train.steps": "40it", "train.eval_every": "10it", "ticket.checkpoint_every": "20it", "ticket.levels": 1}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train several times faster on one thread when other processes share the cores."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tracked(uri: str, experiment: str) -> dict:

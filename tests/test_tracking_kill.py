@@ -3,22 +3,19 @@ stage's run, every metric point of the run directory's records, and no run left 
 uninterrupted run's store does (wall times aside)."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
-from lottery.config import load_config, to_dict
+from lottery.config import load_config
 from lottery.orchestrate.experiment import run_experiment
 from lottery.run.layout import RunLayout
+from tests.orchestrate_helpers import launch_ticket
 
-ROOT = Path(__file__).resolve().parent.parent
 OVERRIDES = ["train.steps=6ep", "train.eval_every=1ep", "ticket.levels=2", "ticket.checkpoint_every=1ep",
              "experiment.seeds=[0]", "experiment.baselines.methods=[magnitude]", "train.device=cpu"]
 TIMED = {"wall_seconds"}  # differs between any two runs
@@ -56,15 +53,8 @@ def reference(tmp_path_factory, uri) -> dict:
 
 
 def _launch(tmp_path: Path, uri: str, experiment: str) -> tuple[subprocess.Popen, Path]:
-    config = _config(tmp_path, uri, experiment)
-    values = to_dict(config)
-    values.pop("exp")
-    path = tmp_path / f"{experiment}.yaml"
-    path.write_text(yaml.safe_dump(values))
-    process = subprocess.Popen([sys.executable, "-m", "lottery", "ticket", "--exp", str(path)],
-                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    return process, RunLayout.of(load_config(str(path))).for_seed(0).run_dir  # exp: the file's name
+    process, config = launch_ticket(_config(tmp_path, uri, experiment), tmp_path / f"{experiment}.yaml")
+    return process, RunLayout.of(config).for_seed(0).run_dir
 
 
 POINTS = {  # where the kill lands: what must exist in the seed's run directory first

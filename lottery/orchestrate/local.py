@@ -117,8 +117,10 @@ def _drive_pool(scheduler: Scheduler, task_of, slots: list[Slot], progress: Prog
     started = workers.started if workers is not None else []
     with contextlib.ExitStack() as stack:
         thread = stack.enter_context(concurrent.futures.ThreadPoolExecutor(1, "lottery-stage")) if here else None
-        if here:
-            stack.enter_context(_threads(slots[0].threads))
+        if here:  # this process's share of the threads while it is one slot of several
+            from lottery.training.device import cpu_threads
+
+            stack.enter_context(cpu_threads(slots[0].threads))
         futures: dict[concurrent.futures.Future, tuple[list[Node], bool]] = {}  # -> (nodes, run here)
         while not scheduler.complete:
             while candidates := scheduler.ready():
@@ -166,22 +168,6 @@ def _broken(nodes: list[Node], futures: dict, scheduler: Scheduler, progress: Pr
                 _record(scheduler, progress, node, outcome)
             futures.pop(future)
     _requeue([*nodes, *[node for group, _ in futures.values() for node in group]], scheduler, progress, deaths)
-
-
-@contextlib.contextmanager
-def _threads(count: Optional[int]):
-    """This process's torch threads while it is one slot of several (training picks at most this many)."""
-    if count is None:
-        yield
-        return
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _requeue(nodes: list[Node], scheduler: Scheduler, progress: Progress, deaths: dict) -> None:
