@@ -213,7 +213,7 @@ def _packing(config: Config, graph: Graph, contexts: dict[int, RunContext]):
         return None, 1
     rewind_step = run.plan.steps(config.ticket.rewind_step)
     keys = {node: pack_key(node, config, rewind_step) for node in graph.nodes}
-    return (lambda ready: take_pack(ready, keys, size)), size
+    return (lambda ready, free_slots=1: take_pack(ready, keys, size, free_slots)), size
 
 
 def _report(layout: RunLayout, experiment_run, stream, margin: float):

@@ -71,10 +71,10 @@ def run_local(graph: Graph, task_of: Callable[[Node], Task], slots: list[Slot], 
               pool: Optional[WorkerPool] = None) -> dict[Node, Outcome]:
     """Run the graph; `in_process(node)` gives this process's run context of a node: with it, this process is the
     first slot (it has torch imported and the data loaded, so it starts at once while the spawned workers import),
-    and with a single slot the only one. `packs(ready)` picks the ready nodes that train together next (default:
-    the first alone). `pool`: workers started already (start_pool); run_local shuts it down."""
+    and with a single slot the only one. `packs(ready, idle_slots)` picks the ready nodes that train together next
+    (default: the first alone). `pool`: workers started already (start_pool); run_local shuts it down."""
     scheduler = Scheduler(graph)
-    packs = packs or (lambda ready: ready[:1])
+    packs = packs or (lambda ready, free_slots=1: ready[:1])
     if len(slots) == 1 and in_process is not None:
         return _sequential(scheduler, task_of, progress, in_process, packs)
     deaths: dict[Node, int] = {}
@@ -128,7 +128,9 @@ def _drive_pool(scheduler: Scheduler, task_of, slots: list[Slot], progress: Prog
                 pool_free = (workers.ready_count() if workers else 0) - sum(not local for _, local in futures.values())
                 if not here_free and pool_free <= 0:
                     break
-                nodes = packs(candidates)
+                # share the packable stages over every idle slot, counting workers that are still starting
+                idle = int(here_free) + len(slots) - int(here) - sum(not local for _, local in futures.values())
+                nodes = packs(candidates, idle)
                 for node in nodes:
                     scheduler.start(node)
                 if here_free:

@@ -37,9 +37,15 @@ def pack_size(config, model, dataset) -> int:
                             jobs_per_device=config.run.jobs_per_device)
 
 
-def take_pack(ready: list[Node], keys: dict[Node, Optional[tuple]], size: int) -> list[Node]:
-    """The first ready node and up to size - 1 more ready nodes with its key (critical path order kept)."""
+def take_pack(ready: list[Node], keys: dict[Node, Optional[tuple]], size: int, free_slots: int = 1) -> list[Node]:
+    """The first ready node and up to size - 1 more ready nodes with its key (critical path order kept).
+
+    The stages that could pack with it are shared out over the `free_slots` workers that are idle now: 9 such
+    stages and 2 idle workers make packs of 5 and 4, not one of 8 and one of 1, which would leave a worker idle
+    for most of the pack's training (a pack's step costs about K solo steps once a model is compute-bound)."""
     first = ready[0]
     if size <= 1 or keys[first] is None:
         return [first]
-    return [first] + [node for node in ready[1:] if keys[node] == keys[first]][:size - 1]
+    mates = [node for node in ready[1:] if keys[node] == keys[first]]
+    share = -(-(len(mates) + 1) // max(free_slots, 1))  # ceil: this pack's part of the packable stages
+    return [first] + mates[:min(size, share) - 1]
