@@ -87,3 +87,14 @@ def test_snip_scores_a_batchnorm_free_lenet_identically_in_both_modes():
     assert snip_bn_modes_agree(config, densities=(0.05,)) == {"0.05": True}
     with_batchnorm = load_config("resnet20", ["data.name=synthetic", "model.width=4"])
     assert snip_bn_modes_agree(with_batchnorm, densities=(0.05,)) == {"0.05": False}  # the check can tell
+
+
+def test_dst_table_takes_the_small_dense_row_within_two_percent_of_the_level_density():
+    from lottery.orchestrate.reproduce import _at_density
+    from lottery.report.aggregate import Summary
+
+    level, close, far = Summary.of([0.9, 0.92]), Summary.of([0.8]), Summary.of([0.7])
+    assert _at_density({"0.512814": level}, 0.512814) == level.text()
+    assert _at_density({"0.512006": close, "0.640000": far}, 0.512814) == close.text()  # 0.16 % off: same level
+    assert _at_density({"0.490000": far}, 0.512814) == "-"  # 4.4 % off: another density
+    assert _at_density({}, 0.5) == "-"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lottery.config import Config, load_config
 from lottery.orchestrate.experiment import run_experiment
+from lottery.orchestrate.graph import seeds_of
 from lottery.report.aggregate import Summary, collect
 from lottery.report.figures import density_axis, new_figure
 from lottery.report.tables import format_table
@@ -245,12 +246,11 @@ def reproduce_dst(overrides: list[str]) -> dict:
                                       "experiment.evaluate.corruptions=[noise]", "run.workers=2", *overrides])
     outcome, seconds = _run(config, "lottery reproduce dst")
     result = aggregate(collect(outcome.directory))
-    keys = [f"{density:.6f}" for density in targets]
     series = ["ticket", *DST_METHODS]
-    cells = [[name] + [result.summaries["final_test_acc"].get(name, {}).get(key).text()
-                       if result.summaries["final_test_acc"].get(name, {}).get(key) else "-" for key in keys]
-             for name in series]
-    text = format_table(["method", *[f"{100 * d:.2f}% of weights" for d in targets]], cells, markdown=True)
+    accuracies = result.summaries["final_test_acc"]
+    cells = [[name] + [_at_density(accuracies.get(name, {}), density) for density in targets] for name in series]
+    text = format_table(["method", *[f"final test accuracy, {100 * d:.2f}% of weights" for d in targets]], cells,
+                        markdown=True)
     potentials = prune_potentials(outcome.directory)
     text += "\n\nprune potential (share of weights removed within " \
             f"{config.experiment.evaluate.margin:.1f} points of the dense network), mean ± std over seeds:\n\n"
@@ -258,7 +258,7 @@ def reproduce_dst(overrides: list[str]) -> dict:
                          [[name, *[potentials[name][condition].text(3) if condition in potentials[name] else "-"
                                    for condition in ("clean", "noise")]] for name in series if name in potentials],
                          markdown=True)
-    text += f"\n\n3 seeds, {seconds / 60:.1f} minutes\n"
+    text += f"\n\n{len(seeds_of(config))} seeds, {config.train.steps} per training, {seconds / 60:.1f} minutes\n"
     out_dir = outcome.directory / "reproduce"
     write_json(out_dir / "dst.json", {"targets": targets, "minutes": seconds / 60, "table": cells,
                                       "prune_potential": {name: {condition: vars(summary) for condition, summary
@@ -268,6 +268,15 @@ def reproduce_dst(overrides: list[str]) -> dict:
     print(text)
     print(f"tables: {out_dir}")
     return {"targets": targets, "table": cells, "prune_potential": potentials}
+
+
+def _at_density(by_density: dict, density: float) -> str:
+    """The summary at `density`, or at the density nearest it within 2 % (the small-dense control's parameter
+    count matches a level's to within 2 %, not exactly); '-' if none."""
+    nearest = min(by_density, key=lambda key: abs(float(key) - density), default=None)
+    if nearest is None or abs(float(nearest) - density) > 0.02 * density:
+        return "-"
+    return by_density[nearest].text()
 
 
 def prune_potentials(experiment_dir: Path) -> dict[str, dict[str, Summary]]:
