@@ -98,3 +98,14 @@ def test_dst_table_takes_the_small_dense_row_within_two_percent_of_the_level_den
     assert _at_density({"0.512006": close, "0.640000": far}, 0.512814) == close.text()  # 0.16 % off: same level
     assert _at_density({"0.490000": far}, 0.512814) == "-"  # 4.4 % off: another density
     assert _at_density({}, 0.5) == "-"
+
+
+def test_snip_errors_keep_the_test_selected_minimum_apart_from_the_headline_numbers():
+    from lottery.orchestrate.reproduce import _errors
+
+    rows = [{"density": 0.05, "final_test_acc": 0.980, "early_stop_test_acc": 0.981, "best_test_acc": 0.984},
+            {"density": 0.05, "final_test_acc": 0.982, "early_stop_test_acc": 0.979, "best_test_acc": 0.986}]
+    errors = _errors(rows)
+    assert errors["final"]["mean"] == pytest.approx(1.9) and errors["early_stop"]["mean"] == pytest.approx(2.0)
+    assert errors["min_over_evaluations"]["mean"] == pytest.approx(1.5)  # 1 - max test acc: the SNIP code's number
+    assert errors["min_over_evaluations"]["n"] == 2
