@@ -10,7 +10,8 @@ from lottery.models.scaling import QuadraticCount, count_weights, meta_model, st
 from lottery.pruning.small_dense import counted_weights, small_dense_widths
 
 CASES = [("lenet_300_100", (1, 28, 28)), ("conv2", (3, 32, 32)), ("conv4", (3, 32, 32)), ("resnet20", (3, 32, 32))]
-DENSITIES = [0.8 ** level for level in range(1, 11)] + [0.05]  # IMP's levels at 20% down to 10.7%, and 5%
+DENSITIES = [0.8 ** level for level in range(1, 11)] + [0.05, 0.036, 0.0185]  # IMP's levels at 20% down to 10.7%,
+# 5%, and the 3.6% and 1.85% of the dst reproduction (where one unit of the first layer is over 2% of the budget)
 
 
 @pytest.mark.parametrize("name, shape", CASES)

@@ -135,6 +135,10 @@ def widths_for_weights(cfg, input_shape: tuple[int, ...], num_classes: int, targ
     else:
         candidates = _greedy_path(start, base, error)
     close = [widths for widths in candidates if error(widths) <= tolerance * target]
+    if not close:  # tiny budgets: a unit of the widest layer is over 2 %, so let one width move as far as needed
+        candidates += [solved for widths in candidates for i in range(len(base))
+                       for solved in [_solve_one(widths, i, base[i], polynomial, target)]]
+        close = [widths for widths in candidates if error(widths) <= tolerance * target]
     best = min(close, key=departure) if close else min(candidates, key=lambda widths: (error(widths),
                                                                                        departure(widths)))
     weights = count(meta_model(cfg, input_shape, num_classes, best))
@@ -155,3 +159,15 @@ def _greedy_path(start: list[int], base: list[int], error: Callable) -> list[lis
             return path
         current = better
         path.append(current)
+
+
+def _solve_one(widths: list[int], i: int, most: int, polynomial: Callable, target: int) -> list[int]:
+    """`widths` with width i set, in 1..most, to bring the count nearest `target` (the count grows with it)."""
+    def at(width: int) -> list[int]:
+        return widths[:i] + [width] + widths[i + 1:]
+
+    low, high = 1, most
+    while low < high:  # the smallest width whose count reaches the target
+        middle = (low + high) // 2
+        low, high = (middle + 1, high) if polynomial(at(middle)) < target else (low, middle)
+    return min((at(low), at(max(1, low - 1))), key=lambda found: abs(polynomial(found) - target))
