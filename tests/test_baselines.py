@@ -105,3 +105,22 @@ def test_isometry_switch_lowers_the_isometry_error_and_keeps_the_mask(tmp_path):
         errors.append(isometry_error(model, mask))
     assert masks[0].equals(masks[1])
     assert errors[1] < 0.5 * errors[0]
+
+
+def test_baseline_scope_overrides_imps_layerwise_scope_and_gets_its_own_folder(tmp_path):
+    """An LTH experiment prunes IMP layerwise; baseline.scope=global lets SNIP select as in its paper."""
+    from lottery.workflows.baselines import prune_model
+
+    layerwise = tiny_config(tmp_path, **{"prune.scope": "layerwise"})
+    both = [layerwise, tiny_config(tmp_path, **{"prune.scope": "layerwise", "baseline.scope": "global"}),
+            tiny_config(tmp_path, **{"prune.scope": "layerwise", "baseline.scope": "layerwise"})]
+    assert RunLayout.of(both[0]).run_dir == RunLayout.of(both[1]).run_dir
+    assert method_folder(both[0], "snip") == "snip" and method_folder(both[1], "snip").startswith("snip-")
+    assert method_folder(both[2], "snip") != method_folder(both[1], "snip")
+    dataset = tiny_dataset(layerwise)
+    masks = [prune_model(config, dataset, tiny_model(config, dataset), "snip", density=0.1).mask for config in both]
+    sizes = {name: flags.numel() for name, flags in masks[0].items()}
+    uniform = [abs(masks[0][name].sum().item() / size - 0.1) < 0.01 for name, size in sizes.items()]
+    assert all(uniform)  # prune: as prune.scope, every layer at the density
+    assert masks[0].equals(masks[2]) and not masks[0].equals(masks[1])  # global SNIP: its own layer densities
+    assert masks[1].counts() == masks[0].counts()  # the same number kept

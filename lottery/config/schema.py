@@ -76,6 +76,7 @@ class BaselineConfig:
     batch: str = "balanced"  # SNIP/GraSP data: balanced (samples_per_class of every class) or random (as many, drawn)
     grasp_temperature: float = 200.0
     bn_mode: str = "auto"  # BatchNorm while SNIP/GraSP score: train, eval, or auto (each method's reference)
+    scope: str = "prune"  # how scored baselines select: global, layerwise, or prune (as prune.scope, IMP's)
     isometry: bool = False
     isometry_steps: int = 100
     # Dynamic sparse training (rigl, set), defaults from Evci et al. 2020:
@@ -184,6 +185,7 @@ CHOICES = {
     "baseline.bn_mode": ("auto", "train", "eval"),
     "baseline.distribution": ("erk", "uniform"),
     "baseline.batch": ("balanced", "random"),
+    "baseline.scope": ("prune", "global", "layerwise"),
     "search.objective": ("val_accuracy", "steps_to_dense", "test_accuracy"),
     "search.pruner": ("median", "hyperband", "none"),
     "experiment.baselines.at": ("init", "rewind"),

@@ -241,27 +241,31 @@ def reproduce_dst(overrides: list[str]) -> dict:
     """IMP and the other baselines at the ticket's levels nearest 3.6% and 1.8%, 3 seeds, a shortened schedule."""
     from lottery.report.aggregate import aggregate
     from lottery.run.context import load_data, make_model
-    from lottery.workflows.baselines import ticket_densities
+    from lottery.workflows.baselines import method_folder, ticket_densities
 
     base = load_config("lenet300", ["train.steps=20000it", "train.eval_every=2000it", *overrides])
     densities = ticket_densities(base, make_model(base, load_data(base)))
     targets = [min(densities, key=lambda density: abs(density - target)) for target in DST_TARGETS]
     config = load_config("lenet300", ["train.steps=20000it", "train.eval_every=2000it", "experiment.branches={}",
                                       f"experiment.baselines.methods=[{', '.join(DST_METHODS)}]",
+                                      "baseline.scope=global",  # SNIP's and random's convention, not IMP's layerwise
                                       f"experiment.baselines.densities=[{', '.join(map(repr, targets))}]",
                                       "experiment.evaluate.corruptions=[noise]", "run.workers=2", *overrides])
     outcome, seconds = _run(config, "lottery reproduce dst")
     result = aggregate(collect(outcome.directory))
-    series = ["ticket", *DST_METHODS]
     accuracies = result.summaries["final_test_acc"]
-    cells = [[name] + [_at_density(accuracies.get(name, {}), density) for density in targets] for name in series]
+    series = ["ticket", *(method_folder(config, method) for method in DST_METHODS)]
+    series += sorted(name for name in accuracies if name not in series and name != "dense")  # other settings' runs
+    labels = {name: _dst_label(name, config) for name in series}
+    cells = [[labels[name]] + [_at_density(accuracies.get(name, {}), density) for density in targets]
+             for name in series]
     text = format_table(["method", *[f"final test accuracy, {100 * d:.2f}% of weights" for d in targets]], cells,
                         markdown=True)
     potentials = prune_potentials(outcome.directory)
     text += "\n\nprune potential (share of weights removed within " \
             f"{config.experiment.evaluate.margin:.1f} points of the dense network), mean ± std over seeds:\n\n"
     text += format_table(["series", "clean", "Gaussian noise (mean over severities)"],
-                         [[name, *[potentials[name][condition].text(3) if condition in potentials[name] else "-"
+                         [[labels[name], *[potentials[name][condition].text(3) if condition in potentials[name] else "-"
                                    for condition in ("clean", "noise")]] for name in series if name in potentials],
                          markdown=True)
     text += f"\n\n{len(seeds_of(config))} seeds, {config.train.steps} per training, {seconds / 60:.1f} minutes\n"
@@ -274,6 +278,20 @@ def reproduce_dst(overrides: list[str]) -> dict:
     print(text)
     print(f"tables: {out_dir}")
     return {"targets": targets, "table": cells, "prune_potential": potentials}
+
+
+def _dst_label(series: str, config: Config) -> str:
+    """A series' name in the dst tables: a scored baseline's folder hash says which selection it used."""
+    from lottery.workflows.baselines import method_folder
+
+    method = series.split("-")[0]
+    if method not in DST_METHODS or series == "ticket":
+        return series
+    if series == method_folder(config, method) and series != method:
+        return f"{method} (baseline.scope={config.baseline.scope})"
+    if series == method and method_folder(config, method) != method:
+        return f"{method} (baseline.scope=prune, i.e. {config.prune.scope})"
+    return series
 
 
 def _at_density(by_density: dict, density: float) -> str:

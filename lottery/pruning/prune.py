@@ -45,7 +45,8 @@ class PruneSpec:
     def from_config(cls, config, method: Optional[str] = None) -> "PruneSpec":
         """The spec for `method` (default baseline.method) under a lottery Config. Baselines never use
         prune.layer_rates: those are IMP's per-level rates."""
-        return cls(method=method or config.baseline.method, scope=config.prune.scope, rounds=config.baseline.rounds,
+        scope = config.prune.scope if config.baseline.scope == "prune" else config.baseline.scope
+        return cls(method=method or config.baseline.method, scope=scope, rounds=config.baseline.rounds,
                    schedule=config.baseline.schedule, seed=config.seed, temperature=config.baseline.grasp_temperature,
                    bn_mode=config.baseline.bn_mode)
 

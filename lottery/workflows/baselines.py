@@ -44,6 +44,8 @@ def settings_of(config: Config, method: str) -> dict:
         values["rounds"] = entry.default_rounds
     if values.get("bn_mode") == "auto":
         values["bn_mode"] = entry.bn_mode
+    if values.get("scope") == "prune":  # the default leaves the folder hashes of other settings as they were
+        del values["scope"]
     return values
 
 
