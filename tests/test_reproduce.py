@@ -109,3 +109,14 @@ def test_snip_errors_keep_the_test_selected_minimum_apart_from_the_headline_numb
     assert errors["final"]["mean"] == pytest.approx(1.9) and errors["early_stop"]["mean"] == pytest.approx(2.0)
     assert errors["min_over_evaluations"]["mean"] == pytest.approx(1.5)  # 1 - max test acc: the SNIP code's number
     assert errors["min_over_evaluations"]["n"] == 2
+
+
+def test_snip_variants_that_share_a_run_directory_read_only_their_own_snip_runs():
+    from lottery.config import load_config
+    from lottery.orchestrate.reproduce import _series, _snip_folder
+
+    shipped, random_batch = load_config("snip_lenet300"), load_config("snip_lenet300", ["baseline.batch=random"])
+    assert _snip_folder(shipped) == "snip" and _snip_folder(random_batch).startswith("snip-")
+    rows = [{"stage": "baseline/init/snip/density_0.050000"},
+            {"stage": f"baseline/init/{_snip_folder(random_batch)}/density_0.050000"}, {"stage": "level_00"}]
+    assert [_series(row) for row in rows] == ["snip", _snip_folder(random_batch), "ticket"]

@@ -189,9 +189,11 @@ def reproduce_snip(overrides: list[str]) -> dict:
         outcome, seconds = _run(config, f"lottery reproduce snip ({variant})")
         rows = [row for seed_rows in collect(outcome.directory).values() for row in seed_rows]
         entries = {"dense": [row for row in rows if row.get("kind") == "level"]}
+        # variants that change only baseline.* share the run directory (and its dense network): the folder tells
+        # this variant's SNIP from the others'
+        snip = [row for row in rows if row.get("kind") == "baseline" and _series(row) == _snip_folder(config)]
         for density in (0.05, 0.02):
-            entries[density] = [row for row in rows if row.get("kind") == "baseline"
-                                and abs(row["density"] - density) < 1e-3]
+            entries[density] = [row for row in snip if abs(row["density"] - density) < 1e-3]
         summary[variant] = {"minutes": seconds / 60, "directory": str(outcome.directory)}
         for label, group in entries.items():
             errors = _errors(group)
@@ -214,6 +216,17 @@ def reproduce_snip(overrides: list[str]) -> dict:
     print(text)
     print(f"tables: {out_dir}")
     return summary
+
+
+def _series(row: dict) -> str | None:
+    ref = StageRef.from_key(row.get("stage", ""))
+    return ref.series if ref is not None else None
+
+
+def _snip_folder(config: Config) -> str:
+    from lottery.workflows.baselines import method_folder
+
+    return method_folder(config, "snip")
 
 
 def snip_bn_modes_agree(config: Config, densities: tuple = (0.05, 0.02)) -> dict[str, bool]:
