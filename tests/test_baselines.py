@@ -124,3 +124,24 @@ def test_baseline_scope_overrides_imps_layerwise_scope_and_gets_its_own_folder(t
     assert all(uniform)  # prune: as prune.scope, every layer at the density
     assert masks[0].equals(masks[2]) and not masks[0].equals(masks[1])  # global SNIP: its own layer densities
     assert masks[1].counts() == masks[0].counts()  # the same number kept
+
+
+def test_fresh_weights_train_the_scored_mask_from_a_new_draw_in_its_own_folder(tmp_path):
+    """baseline.fresh_weights: the SNIP code scores one random draw and trains another under the mask."""
+    from lottery.run.files import torch_load
+
+    scored = tiny_config(tmp_path, **{"ticket.levels": 0, "train.steps": "0it"})
+    fresh = tiny_config(tmp_path, **{"ticket.levels": 0, "train.steps": "0it", "baseline.fresh_weights": True})
+    assert method_folder(scored, "snip") == "snip" and method_folder(fresh, "snip").startswith("snip-")
+    rows = [run_baselines(config, ["snip"], [0.2])[0] for config in (scored, fresh)]
+    layout = RunLayout.of(scored)
+    model = tiny_model(scored, tiny_dataset(scored))
+    masks = [Mask.load(layout.directory(StageRef.from_key(row["stage"])) / "mask.pt", model) for row in rows]
+    assert masks[0].equals(masks[1])  # the same scores on θ0, so the same mask
+    theta0 = torch_load(layout.init_file)
+    finals = [torch_load(layout.directory(StageRef.from_key(row["stage"])) / "final.pt") for row in rows]
+    for name, flags in masks[0].items():
+        kept = flags.bool()
+        assert torch.equal(finals[0][name][kept], theta0[name][kept])  # 0 steps: trained from θ0 itself
+        assert not torch.equal(finals[1][name][kept], theta0[name][kept])  # a new draw
+        assert torch.count_nonzero(finals[1][name][~kept]) == 0  # still pruned exactly

@@ -77,6 +77,7 @@ class BaselineConfig:
     grasp_temperature: float = 200.0
     bn_mode: str = "auto"  # BatchNorm while SNIP/GraSP score: train, eval, or auto (each method's reference)
     scope: str = "prune"  # how scored baselines select: global, layerwise, or prune (as prune.scope, IMP's)
+    fresh_weights: bool = False  # train from a new random draw, not the scored weights (the SNIP code's way)
     isometry: bool = False
     isometry_steps: int = 100
     # Dynamic sparse training (rigl, set), defaults from Evci et al. 2020:

@@ -33,6 +33,7 @@ SNIP_VARIANTS = {  # each a candidate cause of the gap to the paper, as override
     "40K iterations": ["train.steps=40000it", "train.milestones=[25000it]"],
     "variance-scaling init": ["model.init=variance_scaling"],
     "one random batch of 100": ["baseline.batch=random"],
+    "trained from a fresh draw": ["baseline.fresh_weights=true"],  # snip-public trains weights_ap, not those scored
 }
 DST_METHODS = ("rigl", "set", "snip", "random", "small_dense")
 DST_TARGETS = (0.036, 0.018)

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 from torch import nn
 
 # Settings every unstructured method reads: the scoring schedule and the isometry step after pruning.
-COMMON_SETTINGS = ("rounds", "schedule", "isometry", "isometry_steps", "scope")
+COMMON_SETTINGS = ("rounds", "schedule", "isometry", "isometry_steps", "scope", "fresh_weights")
 BN_MODES = ("train", "eval")  # BatchNorm on batch statistics / on running statistics while scoring
 
 

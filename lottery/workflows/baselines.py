@@ -34,6 +34,7 @@ from lottery.workflows.ticket import InitStage, RewindStage, rewind_weights
 logger = logging.getLogger(__name__)
 
 STARTS = ("init", "rewind")
+LATER_SETTINGS = {"scope": "prune", "fresh_weights": False}  # baseline.* keys added after folders were hashed
 
 
 def settings_of(config: Config, method: str) -> dict:
@@ -44,8 +45,9 @@ def settings_of(config: Config, method: str) -> dict:
         values["rounds"] = entry.default_rounds
     if values.get("bn_mode") == "auto":
         values["bn_mode"] = entry.bn_mode
-    if values.get("scope") == "prune":  # the default leaves the folder hashes of other settings as they were
-        del values["scope"]
+    for name, default in LATER_SETTINGS.items():  # at their defaults they leave older folder hashes as they were
+        if values.get(name, object()) == default:
+            del values[name]
     return values
 
 
@@ -113,6 +115,14 @@ class BaselineStage(TrainingStage):
     def prepare(self, run: RunContext, model, mask: Mask) -> int:
         weights, start_step = _start(run, self.at)
         model.load_state_dict(weights)
+        if run.config.baseline.fresh_weights and "fresh_weights" in get_method(self.method).settings:
+            # the SNIP code scores one random draw and trains another under its mask (weights_bp / weights_ap)
+            from lottery.models import initialize
+            from lottery.pruning.ablations import reinitialize
+            from lottery.seeds import mix_seed
+
+            reinitialize(model, mask, lambda m: initialize(m, run.config.model.init,
+                                                           mix_seed("baseline fresh weights", run.config.seed)))
         if run.config.baseline.isometry:
             from lottery.pruning.isometry import approximate_isometry
 
