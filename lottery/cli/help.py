@@ -77,6 +77,8 @@ KEY_HELP = {
     "search.heartbeat_seconds": "a trial without a heartbeat this long is taken over by another worker",
     "search.max_retries": "how often a trial whose worker died is retried",
     "search.startup_trials": "finished trials before the median pruner prunes",
+    "baseline.scope": "how scored baselines select: global (their papers'), layerwise, or prune = prune.scope",
+    "baseline.fresh_weights": "train a scored baseline's mask from a new random draw, as the SNIP code does",
     "baseline.bn_mode": "BatchNorm while SNIP and GraSP score: auto = each method's reference code "
                         "(SNIP eval, GraSP train)",
     "baseline.distribution": "RigL/SET: how the initial density is spread over layers (ERK as in the RigL paper)",
