@@ -278,9 +278,10 @@ def reproduce_dst(overrides: list[str]) -> dict:
     potentials = prune_potentials(outcome.directory)
     text += "\n\nprune potential (share of weights removed within " \
             f"{config.experiment.evaluate.margin:.1f} points of the dense network), mean ± std over seeds:\n\n"
-    text += format_table(["series", "clean", "Gaussian noise (mean over severities)"],
-                         [[labels[name], *[potentials[name][condition].text(3) if condition in potentials[name] else "-"
-                                   for condition in ("clean", "noise")]] for name in series if name in potentials],
+    potential_cells = [[labels[name], *[potentials[name][condition].text(3) if condition in potentials[name]
+                                        else "-" for condition in ("clean", "noise")]]
+                       for name in series if name in potentials]
+    text += format_table(["series", "clean", "Gaussian noise (mean over severities)"], potential_cells,
                          markdown=True)
     text += f"\n\n{len(seeds_of(config))} seeds, {config.train.steps} per training, {seconds / 60:.1f} minutes\n"
     out_dir = outcome.directory / "reproduce"

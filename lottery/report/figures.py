@@ -44,8 +44,8 @@ TICK_MERGE = 1.02  # densities closer than this ratio share one tick
 
 def density_axis(axes, densities: Sequence[float], label: str = "density (fraction of weights kept, log scale)"):
     """A log x axis, sparser to the right, with a labelled tick at every plotted density. Densities within 2 % of
-    a tick already labelled share its tick, the first given (a small-dense control's 0.0357 beside its level's 0.0358), so no two
-    labels print over each other."""
+    a tick already placed share it, the first given keeping it (a small-dense control's 0.0357 beside its level's
+    0.0358), so no two labels print over each other."""
     from matplotlib.ticker import FixedLocator, NullLocator
 
     ticks: list[float] = []

@@ -134,7 +134,7 @@ class BaselineStage(TrainingStage):
     def fields(self) -> dict:
         return {"level": None, "method": self.method, "at": self.at}
 
-    def matched_level(self, run: RunContext) -> Optional[int]:
+    def matched_level(self, run: RunContext) -> int | None:
         from lottery.tracking.schema import matched_level
 
         return matched_level(self.density, ticket_densities(run.config, run.new_model()))
