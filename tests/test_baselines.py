@@ -7,7 +7,8 @@ from lottery.pruning.isometry import isometry_error
 from lottery.pruning.mask import Mask
 from lottery.run.files import read_json, torch_load
 from lottery.run.layout import RunLayout, StageRef
-from lottery.workflows.baselines import (method_folder, parse_densities, run_baselines, ticket_densities)
+from lottery.workflows.baselines import (method_folder, parse_densities, run_baselines, ticket_densities,
+                                         variant_of)
 from lottery.workflows.ticket import run_ticket
 from tests.helpers import tiny_config, tiny_dataset, tiny_model
 
@@ -145,3 +146,25 @@ def test_fresh_weights_train_the_scored_mask_from_a_new_draw_in_its_own_folder(t
         assert torch.equal(finals[0][name][kept], theta0[name][kept])  # 0 steps: trained from θ0 itself
         assert not torch.equal(finals[1][name][kept], theta0[name][kept])  # a new draw
         assert torch.count_nonzero(finals[1][name][~kept]) == 0  # still pruned exactly
+
+
+def test_a_hashed_baseline_folder_names_its_settings_in_its_row_and_in_the_report(tmp_path):
+    """snip-<hash6> alone tells a reader nothing: the row carries the settings that differ from the defaults,
+    and the experiment report's table and legend show them beside the folder."""
+    from lottery.report.aggregate import aggregate, figure, side_by_side
+
+    plain = tiny_config(tmp_path, **{"ticket.levels": 0, "train.steps": "0it"})
+    changed = tiny_config(tmp_path, **{"ticket.levels": 0, "train.steps": "0it", "baseline.fresh_weights": True,
+                                       "baseline.samples_per_class": 3})
+    assert variant_of(plain, "snip") == "" and variant_of(plain, "random") == ""
+    assert variant_of(changed, "snip") == "fresh_weights=True, samples_per_class=3"
+    assert variant_of(changed, "magnitude") == "fresh_weights=True"  # uses no data
+    rows = [run_baselines(config, ["snip"], [0.2])[0] for config in (plain, changed)]
+    assert "variant" not in rows[0] and rows[1]["variant"] == "fresh_weights=True, samples_per_class=3"
+    result = aggregate({0: rows})
+    folder = method_folder(changed, "snip")
+    label = f"{folder} (fresh_weights=True, samples_per_class=3)"
+    assert result.label(folder) == label and result.label("snip") == "snip"
+    assert label in side_by_side(result).splitlines()[0]
+    legend = [line.get_label() for line in figure(result).axes[0].get_lines()]
+    assert label in legend and "snip" in legend

@@ -61,10 +61,16 @@ class Aggregate:
     paired: dict[str, dict[str, dict[str, Summary]]] = field(default_factory=dict)
     densities: dict[str, float] = field(default_factory=dict)  # density key -> density
     dense: dict[str, Summary] = field(default_factory=dict)  # metric -> the dense level's summary
+    variants: dict[str, str] = field(default_factory=dict)  # series -> the settings behind its folder hash
 
     def series(self) -> list[str]:
         names = {name for metric in self.summaries.values() for name in metric}
         return sorted(names, key=lambda name: (name != IMP, not name.startswith("branch"), name))
+
+    def label(self, series: str) -> str:
+        """The series as tables and legends show it: `snip-05b804 (scope=global)` rather than the bare hash."""
+        variant = self.variants.get(series)
+        return f"{series} ({variant})" if variant else series
 
 
 def is_experiment_dir(directory: Path) -> bool:
@@ -94,6 +100,8 @@ def aggregate(rows_by_seed: dict[int, list[dict]]) -> Aggregate:
                 continue
             key = density_key(row["density"])
             result.densities[key] = row["density"]
+            if row.get("variant"):
+                result.variants[ref.series] = row["variant"]
             for metric in METRICS:
                 value = row.get(metric)  # no early-stopping accuracy without a validation split
                 if value is not None:
@@ -126,7 +134,7 @@ def side_by_side(result: Aggregate, metric: str = "final_test_acc", markdown: bo
     keys = sorted(result.densities, key=lambda key: -result.densities[key])
     rows = [[key] + [result.summaries[metric].get(name, {}).get(key).text()
                      if result.summaries[metric].get(name, {}).get(key) else "-" for name in series] for key in keys]
-    return format_table(["density", *series], rows, markdown=markdown)
+    return format_table(["density", *map(result.label, series)], rows, markdown=markdown)
 
 
 def paired_table(result: Aggregate, metric: str = "final_test_acc") -> str:
@@ -140,7 +148,7 @@ def paired_table(result: Aggregate, metric: str = "final_test_acc") -> str:
             found = result.paired[metric][name].get(key)
             cells.append(f"{found.mean:+.4f} [{found.low:+.4f}, {found.high:+.4f}] ({found.n})" if found else "-")
         rows.append([key, *cells])
-    return format_table(["density", *[f"IMP - {name}" for name in baselines]], rows, markdown=True)
+    return format_table(["density", *[f"IMP - {result.label(name)}" for name in baselines]], rows, markdown=True)
 
 
 def figure(result: Aggregate, metric: str = "final_test_acc"):
@@ -157,7 +165,7 @@ def figure(result: Aggregate, metric: str = "final_test_acc"):
         if not points:
             continue
         xs = [density for density, _ in points]
-        line, = axes.plot(xs, [s.mean for _, s in points], marker="o", markersize=3.5, label=name,
+        line, = axes.plot(xs, [s.mean for _, s in points], marker="o", markersize=3.5, label=result.label(name),
                           linewidth=2.0 if name == IMP else 1.2)
         axes.fill_between(xs, [s.mean - s.std for _, s in points], [s.mean + s.std for _, s in points],
                           color=line.get_color(), alpha=0.15, linewidth=0)
@@ -226,7 +234,8 @@ def _json(result: Aggregate) -> dict:
     return {"seeds": result.seeds, "densities": result.densities,
             "summaries": {metric: plain(tree) for metric, tree in result.summaries.items()},
             "paired_imp_minus_baseline": {metric: plain(tree) for metric, tree in result.paired.items()},
-            "dense": {metric: vars(summary) for metric, summary in result.dense.items()}}
+            "dense": {metric: vars(summary) for metric, summary in result.dense.items()},
+            "variants": result.variants}
 
 
 @dataclass

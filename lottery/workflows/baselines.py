@@ -61,6 +61,14 @@ def method_folder(config: Config, method: str) -> str:
     return f"{method}-{digest}"
 
 
+def variant_of(config: Config, method: str) -> str:
+    """The settings that give `method` a hashed folder, as `key=value, ...` (empty at the defaults): what a
+    table or a legend shows beside `snip-05b804`."""
+    settings = settings_of(config, method)
+    defaults = settings_of(Config(baseline=BaselineConfig()), method)
+    return ", ".join(f"{name}={settings[name]}" for name in sorted(settings) if settings[name] != defaults.get(name))
+
+
 def pruning_batches(config: Config, dataset) -> list:
     """SNIP's and GraSP's data: samples_per_class of every class (balanced), or as many drawn at random."""
     count = config.baseline.samples_per_class
@@ -134,6 +142,10 @@ class BaselineStage(TrainingStage):
     def fields(self) -> dict:
         return {"level": None, "method": self.method, "at": self.at}
 
+    def row_fields(self, run: RunContext, model, mask: Mask) -> dict:
+        variant = variant_of(run.config, self.method)
+        return {**self.fields(), **({"variant": variant} if variant else {})}
+
     def matched_level(self, run: RunContext) -> int | None:
         from lottery.tracking.schema import matched_level
 
@@ -200,7 +212,7 @@ class StructuredBaselineStage(BaselineStage):
         from lottery.pruning.coreset import count_weights
 
         achieved = count_weights(model) / count_weights(run.new_model())
-        return {**self.fields(), "density": achieved, "compression": compression_of(achieved)}
+        return {**BaselineStage.row_fields(self, run, model, mask), "density": achieved, "compression": compression_of(achieved)}
 
 
 @dataclass(frozen=True)
@@ -223,8 +235,8 @@ class SmallDenseBaselineStage(StructuredBaselineStage):
         patterns = {"ignore": run.config.prune.ignore, "include": run.config.prune.include}
         achieved = counted_weights(model, **patterns) / counted_weights(run.new_model(), **patterns)
         widths = small_dense_network(run.config, run.dataset, self.density, build=False)[1]
-        return {**self.fields(), "density": achieved, "compression": compression_of(achieved),
-                "target_density": self.density, "widths": widths.widths}
+        return {**BaselineStage.row_fields(self, run, model, mask), "density": achieved,
+                "compression": compression_of(achieved), "target_density": self.density, "widths": widths.widths}
 
 
 def coreset_network(config: Config, dataset, model, density: float) -> nn.Module:
