@@ -105,7 +105,8 @@ def lth_figure_objects(ticket_rows: list[dict], reinit_rows: list[dict]) -> dict
                                   [y + row["std"] for y, row in zip(ys, rows)], color=line.get_color(), alpha=0.2)
         density_axis(axes, [row["density"] for row in [*ticket_rows, *reinit_rows]],
                      "fraction of weights remaining (log scale)")
-        axes.set_ylabel(ylabel + (", mean ± std over seeds" if key is None else ", mean over seeds"))
+        # two lines: on one, the label is taller than the axes and is cut off at both ends
+        axes.set_ylabel(ylabel + ("\n(mean ± std over seeds)" if key is None else "\n(mean over seeds)"))
         axes.set_title("LeNet-300-100 on MNIST, IMP (Frankle & Carbin 2019)")
         axes.grid(True, which="major", alpha=0.3)
         axes.legend()
