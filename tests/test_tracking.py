@@ -226,3 +226,64 @@ def test_a_ticket_is_mirrored_level_by_level_and_an_interrupted_one_resumes_into
                           ("early_stop_step", "early_stop_step"), ("final_val_acc", "final_val_acc")):
             assert child.data.metrics[name] == pytest.approx(row[key]), key
         assert "best_test_acc" not in child.data.metrics  # the optimistic maximum is never called "best"
+
+
+class _Outbox:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, message):
+        self.sent.append(message)
+
+
+DIGITS_INPUT = {"name": "digits", "digest": "0123abcd", "source": "sklearn", "profile": {"train": 1437},
+                "context": "training"}
+
+
+def _store_with_runs(uri: str, tmp_path: Path, keys: tuple[str, ...]):
+    from lottery.tracking.server import _Store
+
+    store = _Store(uri, "inputs-race", str(tmp_path), _Outbox())
+    for key in keys:
+        store.attach(key, key, {}, {}, None)
+    return store
+
+
+def test_a_dataset_insert_lost_to_another_process_is_retried_and_tracking_stays_on(tmp_path, sqlite_uri):  # noqa: F811
+    """Two workers logging one dataset at once: MLflow's store looks it up, finds none in either, and the second
+    insert breaks the unique key (seen under load in a 2-worker experiment). The loser's retry links the row."""
+    from mlflow.exceptions import MlflowException
+
+    store = _store_with_runs(sqlite_uri, tmp_path, ("seed_0", "seed_1"))
+    real, calls = store.client.log_inputs, []
+
+    def lose_the_race(run_id, datasets):
+        calls.append(run_id)
+        if len(calls) == 1:  # the other worker inserts the row between this one's lookup and its insert
+            real(store.runs["seed_0"], datasets=datasets)
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                                  "datasets.name, datasets.digest")
+        return real(run_id, datasets=datasets)
+
+    store.client.log_inputs = lose_the_race
+    store.inputs("seed_1", [DIGITS_INPUT])
+    assert calls == [store.runs["seed_1"]] * 2
+    for key in ("seed_0", "seed_1"):
+        inputs = store.client.get_run(store.runs[key]).inputs.dataset_inputs
+        assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("digits", "0123abcd")]
+
+
+def test_any_other_failure_of_log_inputs_is_raised_at_once(tmp_path, sqlite_uri):  # noqa: F811
+    from mlflow.exceptions import MlflowException
+
+    store = _store_with_runs(sqlite_uri, tmp_path, ("seed_0",))
+    calls = []
+
+    def refuse(run_id, datasets):
+        calls.append(run_id)
+        raise MlflowException("API request failed: connection refused")
+
+    store.client.log_inputs = refuse
+    with pytest.raises(MlflowException, match="connection refused"):
+        store.inputs("seed_0", [DIGITS_INPUT])
+    assert len(calls) == 1

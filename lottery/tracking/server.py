@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import tempfile
+import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Optional
@@ -22,6 +23,14 @@ from lottery.tracking.protocol import (COMMANDS_TAG, COMPLETE, IDS_FILE, METRICS
                                        PARENT_KEY, TAG_VALUE_LIMIT, sqlite_path)
 
 logger = logging.getLogger(__name__)
+
+INPUT_ATTEMPTS = 4  # log_inputs tries: a lost race for a new dataset row is retried
+
+
+def duplicate_key(error: BaseException) -> bool:
+    """The store refused an insert on a unique key (sqlite, PostgreSQL, MySQL wording, or a server relaying it)."""
+    text = str(error).lower()
+    return any(words in text for words in ("unique constraint", "duplicate key", "duplicate entry", "integrityerror"))
 
 
 def git_state(directory: Path) -> dict[str, str]:
@@ -258,15 +267,27 @@ class _Store:
         self.monitors[key] = monitor
 
     def inputs(self, key: str, datasets: list[dict]) -> None:
-        """Dataset inputs, once per run: when this process created it."""
+        """Dataset inputs, once per run: when this process created it.
+
+        MLflow's store looks a dataset up and inserts it when it is not found, in two steps: two processes logging
+        one dataset at once (the workers of one experiment) can both miss it, and the second insert then breaks
+        the (experiment, name, digest) key. That attempt is retried: by then the dataset exists and is linked."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
 
         if key not in self.created:
             return
-        self.client.log_inputs(self.runs[key], datasets=[
-            DatasetInput(Dataset(name=d["name"], digest=d["digest"], source_type="local",
-                                 source=json.dumps({"uri": d["source"]}), profile=json.dumps(d["profile"])),
-                         tags=[InputTag("mlflow.data.context", d["context"])]) for d in datasets])
+        inputs = [DatasetInput(Dataset(name=d["name"], digest=d["digest"], source_type="local",
+                                       source=json.dumps({"uri": d["source"]}), profile=json.dumps(d["profile"])),
+                               tags=[InputTag("mlflow.data.context", d["context"])]) for d in datasets]
+        for attempt in range(1, INPUT_ATTEMPTS + 1):
+            try:
+                self.client.log_inputs(self.runs[key], datasets=inputs)
+                return
+            except MlflowException as error:
+                if attempt == INPUT_ATTEMPTS or not duplicate_key(error):
+                    raise
+                time.sleep(0.05 * attempt)
 
     def model(self, key: str, path: str) -> None:
         """mlflow.pytorch.log_model of a pickled network (track.log_model); the only place torch is imported here."""
