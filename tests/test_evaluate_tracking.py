@@ -2,6 +2,7 @@
 robustness.json, robustness figure and prune potentials on the seed's parent run, read back from sqlite."""
 from __future__ import annotations
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from lottery.config import load_config
@@ -9,6 +10,7 @@ from lottery.orchestrate.experiment import run_experiment
 from tests.conftest_mlflow import sqlite_uri  # noqa: F401
 
 
+@pytest.mark.slow
 def test_robustness_results_and_figure_reach_mlflow(tmp_path, sqlite_uri):  # noqa: F811
     config = load_config("digits", ["train.steps=2ep", "train.eval_every=1ep", "ticket.levels=1",
                                     "experiment.seeds=[0]", "experiment.baselines.methods=[magnitude]",

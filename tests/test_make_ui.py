@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest_mlflow import free_port
@@ -32,6 +33,7 @@ def listening_addresses(port: int) -> set[str]:
     return addresses
 
 
+@pytest.mark.slow
 def test_make_ui_serves_the_store_on_loopback_and_prints_the_url(tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     experiment_id = MlflowClient(tracking_uri=store).create_experiment("ui-probe", (tmp_path / "artifacts").as_uri())

@@ -1,6 +1,7 @@
 """MLflow for an orchestrated experiment: one parent run per experiment, a child per seed, the stages below."""
 from __future__ import annotations
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from lottery.config import config_hash, load_config
@@ -17,6 +18,7 @@ def _runs(uri: str, name: str) -> list:
     return client.search_runs([experiment.experiment_id], max_results=1000)
 
 
+@pytest.mark.slow
 def test_an_experiment_is_a_parent_run_with_a_child_per_seed_and_the_stages_below(tmp_path, sqlite_uri):  # noqa: F811
     for workers in (1, 2):  # in this process, then on worker processes attached to the same runs
         config = load_config("digits", [*OVERRIDES, f"run.root={tmp_path / 'runs'}", f"track.uri={sqlite_uri}",

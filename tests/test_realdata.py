@@ -26,6 +26,7 @@ def test_lenet300_one_epoch_reaches_95_percent(tmp_path):
     assert row["final_test_acc"] >= 0.95
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_lenet300_ticket_keeps_accuracy_at_half_density(tmp_path):
     root = _mnist_root()

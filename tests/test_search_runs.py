@@ -48,6 +48,7 @@ def test_baselines_trials_prune_at_init_to_the_fixed_density(tmp_path):
         assert trial.value == rows[0]["final_val_acc"]
 
 
+@pytest.mark.slow
 def test_the_search_is_a_parent_mlflow_run_with_a_child_per_trial(tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -29,6 +29,7 @@ def children(runs: list, parent) -> list:
     return [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
 
 
+@pytest.mark.slow
 def test_each_trial_run_holds_its_run_directory_runs_levels_and_objective(tmp_path, sqlite_uri):
     request = make_request(tmp_path, trials=2, **TINY, **{"data.name": "digits", **tracked(sqlite_uri, "tracked")})
     run_search(request)

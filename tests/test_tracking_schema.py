@@ -196,6 +196,7 @@ def test_rerunning_a_finished_experiment_touches_no_run(store):
                 again[run.info.run_id].info.status) == (run.info.start_time, run.info.end_time, run.info.status)
 
 
+@pytest.mark.slow
 def test_track_log_model_logs_the_tickets_last_level_as_an_mlflow_model(tmp_path, sqlite_uri):  # noqa: F811
     import mlflow
     import torch

@@ -44,6 +44,7 @@ def test_runs_metrics_and_artefacts_reach_a_real_server(mlflow_server, tmp_path,
     assert runs["served"].info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_a_ticket_run_outlives_the_server_and_sync_fills_the_gap(mlflow_server, tmp_path, caplog, monkeypatch,
                                                                  clean_http_env):
     from lottery.workflows.ticket import run_ticket

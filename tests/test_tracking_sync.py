@@ -67,6 +67,7 @@ def test_sync_uploads_every_stage_and_running_it_twice_changes_nothing(tmp_path,
     assert _snapshot(sqlite_uri, "synced") == before  # uploading again adds nothing either
 
 
+@pytest.mark.slow
 def test_sync_completes_what_live_tracking_left_and_can_mirror_to_a_second_store(tmp_path, sqlite_uri):
     config = tiny_tracked_config(sqlite_uri, "partial")
     run_dir = make_run_dir(tmp_path, config, branches=False, baselines=False, dense=False)
