@@ -7,11 +7,11 @@ ad-hoc `lottery baselines` and `lottery branch`. The ticket levels, the baseline
 the invert branch and the dense run were recorded before the redesign of issue 13 and are unchanged by it; the
 reinit, shuffle and random branches were re-recorded when their seeds moved to lottery.seeds.mix_seed.
 
-The experiment runs in a child process with the CPU's numerics pinned (PINNED_NUMERICS): torch's portable (non-AVX) kernels
-instead of the AVX2/AVX-512 ones picked for the CPU at hand, MKL's conditional-numerical-reproducibility mode
-COMPATIBLE, and one thread. Unpinned, float32 training rounds differently on different CPUs: a record made on an
-AMD EPYC matched no trained weight on an Intel Xeon (same torch, same code), and one mask of 21 differed. Pinned,
-the record is the same on any x86-64 machine, so CI can hold every stage to it bit for bit.
+The experiment runs in a child process with the CPU's numerics pinned (PINNED_NUMERICS): torch's portable
+(non-AVX) kernels instead of the AVX2/AVX-512 ones picked for the CPU at hand, MKL's conditional-numerical-
+reproducibility mode COMPATIBLE, and one thread. Unpinned, float32 training rounds differently on different CPUs:
+a record made on an AMD EPYC matched no trained weight on an Intel Xeon (same torch, same code), and one mask of 21
+differed. Pinned, the record is the same on any x86-64 machine, so CI can hold every stage to it bit for bit.
 
 To re-record after a change that is *meant* to change numbers: LOTTERY_RECORD_GOLDEN=1 pytest tests/test_golden.py,
 and say why in the commit message.
