@@ -85,6 +85,14 @@ def test_the_figure_shades_mean_plus_minus_std_per_series_and_ticks_every_densit
     assert [tick.get_text() for tick in axes.get_xticklabels()] == ["0.64", "0.8", "1"]
 
 
+def test_a_figure_with_no_finished_stage_says_so_instead_of_an_empty_legend(recwarn):
+    rows = [{key: value for key, value in row.items() if key != "final_test_acc"} for row in _rows(0)]
+    axes = figure(aggregate({0: rows})).axes[0]
+    assert axes.get_legend() is None and not axes.get_lines()
+    assert [text.get_text() for text in axes.texts] == ["no finished stage has final test accuracy yet"]
+    assert not [warning for warning in recwarn if "legend" in str(warning.message)]
+
+
 def test_report_on_an_experiment_folder_writes_the_aggregate(tmp_path, capsys):
     experiment = tmp_path / "runs" / "toy" / "abcd1234"
     for seed in range(3):

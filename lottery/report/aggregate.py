@@ -176,7 +176,11 @@ def figure(result: Aggregate, metric: str = "final_test_acc"):
     axes.set_ylabel(f"{METRICS[metric]}, mean ± std (shaded)")
     axes.set_title(f"accuracy vs density over {len(result.seeds)} seed(s)")
     axes.grid(True, which="major", alpha=0.3)
-    axes.legend(fontsize=7)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize=7)
+    else:  # no stage has this metric yet (all failed, or none finished): say so rather than draw empty axes
+        axes.text(0.5, 0.5, f"no finished stage has {METRICS[metric]} yet", transform=axes.transAxes,
+                  ha="center", va="center")
     return figure_
 
 
